@@ -1,0 +1,78 @@
+"""What the inversion and the injected sampler need from an image-to-video model.
+
+A backbone owns its networks and its conditioning; the sampling loops (`inversion.py`, `edit.py`) and
+the feature injection (`injection.py`) are shared. Injection positions are data: for each kind, the
+module paths (relative to `backbone.unet`) whose outputs are copied from the source branch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import AnyV2VError
+from ..settings import ClipSettings
+
+# UNet keyword tensors, batch first, one entry per branch.
+Conditioning = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class Branch:
+    """What one branch of a UNet batch is conditioned on."""
+
+    prompt: str
+    first_frame: np.ndarray  # [H, W, 3] uint8 at the clip size
+    image_embedding: bool = True  # False: a zero image embedding (the official negative branch)
+
+
+def cat_conditioning(parts: Sequence[Conditioning]) -> Conditioning:
+    """Concatenate conditionings along the batch axis (branch order is kept)."""
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+class Backbone(ABC):
+    """An I2V diffusion model as AnyV2V uses it."""
+
+    name: ClassVar[str]
+    default_model: ClassVar[str]
+    # kind ("conv", "spatial", "temporal") -> module paths under `unet` whose outputs get injected
+    injection_positions: ClassVar[Mapping[str, tuple[str, ...]]]
+
+    unet: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    vae_scale_factor: int
+
+    @abstractmethod
+    def encode_video(self, frames: np.ndarray) -> torch.Tensor:
+        """[F, H, W, 3] uint8 -> latents [1, C, F, h, w] (float32, on `device`)."""
+
+    @abstractmethod
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, F, h, w] -> video [B, 3, F, H, W], float32 in [-1, 1]."""
+
+    @abstractmethod
+    def condition(self, branches: Sequence[Branch], num_frames: int, fps: float) -> Conditioning:
+        """The UNet conditioning of each branch, concatenated in order."""
+
+    @abstractmethod
+    def predict(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+        """One UNet evaluation: latents [B, C, F, h, w] at timestep t -> model output, float32."""
+
+    @abstractmethod
+    def scheduler(self, inverse: bool = False):
+        """A fresh sampling (or inversion) scheduler; the loops own its state."""
+
+    def check_clip(self, clip: ClipSettings) -> None:
+        """Reject geometries this model cannot run, before any work."""
+        f = self.vae_scale_factor
+        if clip.width % f or clip.height % f:
+            raise AnyV2VError(
+                f"{self.name} needs --width and --height divisible by {f}, got {clip.width}x{clip.height}"
+            )

@@ -1,0 +1,190 @@
+"""The `anyv2v-batch` command line: thin wrappers over the engine.
+
+Every failure a user can fix ends as one line on stderr (`error: ...`) and a non-zero exit status;
+`--debug` shows the traceback instead. Exit status 1: the input or environment is wrong; 2: the
+command line is wrong; 130: interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import AnyV2VError
+from .settings import OFFICIAL_NEGATIVE_PROMPT, ClipSettings, EditSettings, InversionSettings
+
+app = typer.Typer(
+    name="anyv2v-batch",
+    help="AnyV2V video editing: one clip for previews, whole datasets as Ray jobs.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_DEBUG = {"on": False}
+# typer >= 0.16 vendors click: take its usage-error class from typer's own BadParameter
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@app.callback()
+def _root() -> None:
+    """AnyV2V video editing: one clip for previews, whole datasets as Ray jobs."""
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        typer.echo(message, err=True)
+
+
+def _check_output(source: Path, output: Path, overwrite: bool) -> None:
+    if output.resolve() == source.resolve():
+        raise AnyV2VError(f"output {str(output)!r} is the source itself; choose another -o path")
+    if output.suffix and output.suffix.lower() != ".mp4":
+        raise AnyV2VError(f"output {str(output)!r}: use a .mp4 file or a folder name (for PNG frames)")
+    if output.exists() and not overwrite:
+        raise AnyV2VError(f"output {str(output)!r} already exists; pass --overwrite to replace it")
+    if output.exists() and output.is_dir() != (output.suffix == ""):
+        raise AnyV2VError(f"output {str(output)!r} exists and is not a {'folder' if not output.suffix else 'file'}")
+
+
+@app.command()
+def edit(
+    source: Annotated[Path, typer.Argument(help="Source video file (decord) or folder of frame images.")],
+    first_frame: Annotated[Path, typer.Option("--first-frame", help="The edited first frame (an image).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="OUT.mp4 (H.264) or a folder (PNG frames).")],
+    prompt: Annotated[str, typer.Option(help="Prompt describing the edited video.")] = "",
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt.")] = OFFICIAL_NEGATIVE_PROMPT,
+    inversion_prompt: Annotated[str, typer.Option(help="Prompt for DDIM inversion (the source branch).")] = "",
+    inversion_steps: Annotated[int, typer.Option(help="DDIM inversion steps.")] = 500,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 9.0,
+    pnp_conv: Annotated[float, typer.Option(help="Fraction of steps injecting conv features.")] = 0.2,
+    pnp_spatial: Annotated[float, typer.Option(help="Fraction of steps injecting spatial attention Q/K.")] = 0.2,
+    pnp_temporal: Annotated[float, typer.Option(help="Fraction of steps injecting temporal attention Q/K.")] = 0.5,
+    init_step: Annotated[int, typer.Option(help="Index of the first sampling step (0: t=981 at 50 steps).")] = 0,
+    injection_window: Annotated[
+        str, typer.Option(help="official: windows over the full schedule; from-start: from --init-step.")
+    ] = "official",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 8888,
+    fps: Annotated[float, typer.Option(help="Resample a video to this fps; the fps condition.")] = 8.0,
+    frames: Annotated[int, typer.Option(help="Number of frames.")] = 16,
+    width: Annotated[int, typer.Option(help="Width in pixels (multiple of 8).")] = 512,
+    height: Annotated[int, typer.Option(help="Height in pixels (multiple of 8).")] = 512,
+    resize: Annotated[str, typer.Option(help="Fit frames to the size: stretch (official), crop or pad.")] = "stretch",
+    backbone: Annotated[str, typer.Option(help="Image-to-video backbone.")] = "i2vgen-xl",
+    model: Annotated[str | None, typer.Option(help="Hub id or local folder (default: the official weights).")] = None,
+    variant: Annotated[str | None, typer.Option(help="Weight variant to load, e.g. fp16.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16.")
+    ] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Edit one clip: invert SOURCE, then propagate the edited first frame through it."""
+    _DEBUG["on"] = debug
+    started = time.perf_counter()
+    from .imaging import RESIZE_MODES
+
+    clip_settings = ClipSettings(frames=frames, fps=fps, width=width, height=height).validate()
+    inv_settings = InversionSettings(steps=inversion_steps, prompt=inversion_prompt).validate()
+    edit_settings = EditSettings(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        pnp_conv=pnp_conv,
+        pnp_spatial=pnp_spatial,
+        pnp_temporal=pnp_temporal,
+        init_step=init_step,
+        seed=seed,
+        injection_window=injection_window,  # type: ignore[arg-type]
+    ).validate()
+    if resize not in RESIZE_MODES:
+        raise AnyV2VError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if not source.exists():
+        raise AnyV2VError(f"source {str(source)!r} does not exist")
+    if not first_frame.exists():
+        raise AnyV2VError(f"--first-frame {str(first_frame)!r} does not exist")
+    _check_output(source, output, overwrite)
+
+    from .backbones import backbone_class, load_backbone
+    from .inversion import invert
+    from .loading import quiet_libraries
+    from .pnp_edit import check_inversion_serves, plan_sampling, prepare_first_frame
+    from .pnp_edit import edit as run_edit
+    from .video_io import read_image, read_source, write_video
+
+    backbone_cls = backbone_class(backbone)
+    clip = read_source(source, frames, fps, width, height, resize)  # type: ignore[arg-type]
+    edited = prepare_first_frame(read_image(first_frame), width, height)
+    quiet_libraries()
+    _say(quiet, f"loading {backbone} from {model or backbone_cls.default_model}")
+    bb = load_backbone(backbone, model, device=device, dtype=dtype, variant=variant)
+    bb.check_clip(clip_settings)
+    needed = plan_sampling(bb.scheduler(), edit_settings).needed
+    check_inversion_serves(inversion_steps, needed, bb)
+    _say(quiet, f"inverting {source} ({frames} frames, {width}x{height}, {inversion_steps} steps)")
+    t0 = time.perf_counter()
+    inversion = invert(bb, clip.frames, inv_settings, fps=fps, keep=needed)
+    t1 = time.perf_counter()
+    _say(quiet, f"editing ({steps} steps, guidance {guidance_scale:g}) after {t1 - t0:.1f} s of inversion")
+    result = run_edit(bb, inversion, edited, edit_settings)
+    t2 = time.perf_counter()
+    write_video(output, result.frames, fps)
+    _say(
+        quiet,
+        f"wrote {output} ({frames} frames, {width}x{height}, {fps:g} fps): inversion {t1 - t0:.1f} s, "
+        f"edit {t2 - t1:.1f} s, total {time.perf_counter() - started:.1f} s",
+    )
+
+
+def _oom_message(e: BaseException) -> str | None:
+    text = str(e)
+    import torch
+
+    if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text.lower():
+        return "out of GPU memory; use --dtype float16, a smaller --width/--height or fewer --frames, or free the GPU"
+    if isinstance(e, MemoryError) or "can't allocate memory" in text:
+        return "out of memory; use a smaller --width/--height or fewer --frames"
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning every failure into one line and an exit status."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except _UsageError as e:
+        command = e.ctx.command_path if e.ctx else "anyv2v-batch"
+        typer.echo(f"error: {e.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except AnyV2VError as e:
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line unless --debug
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        message = _oom_message(e) or (
+            f"internal error: {type(e).__name__}: {detail} (rerun with --debug for the traceback)"
+        )
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Plug-and-play feature injection through forward hooks.
+
+The UNet runs a batch of branches (for one edit: [source, negative, editing]); at the chosen modules
+and timesteps the source branch's output replaces the other branches' outputs. Positions are data:
+module paths per kind, e.g. a ResNet's `conv2` (its residual features before the skip add) or an
+attention's `to_q` / `to_k` (Q and K of self-attention; V stays the branch's own). Every layout the
+UNets use puts the batch first and branch-major ([B * F, ...] or [B * h * w, F, ...]), so "branch i"
+is the i-th equal slice of the leading axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    """How a UNet batch splits into branches, and which branch's features overwrite which."""
+
+    num_branches: int
+    copies: tuple[tuple[int, tuple[int, ...]], ...]  # (source branch, target branches)
+
+    @classmethod
+    def one_source(cls, num_branches: int, source: int = 0) -> BranchPlan:
+        return cls(num_branches, ((source, tuple(i for i in range(num_branches) if i != source)),))
+
+    def apply(self, output: torch.Tensor) -> None:
+        """Copy source slices over target slices of `output`, in place."""
+        branches = output.unflatten(0, (self.num_branches, -1))
+        for source, targets in self.copies:
+            for target in targets:
+                branches[target] = branches[source]
+
+
+class FeatureInjector:
+    """Forward hooks that inject the source branch's features, switched per sampling step.
+
+    with FeatureInjector(unet, positions) as injector:
+        injector.configure(BranchPlan.one_source(3))
+        for t in timesteps:
+            injector.set_step(t, {"conv", "spatial"})  # the kinds whose window contains t
+            unet(...)
+    """
+
+    def __init__(self, unet: torch.nn.Module, positions: Mapping[str, Sequence[str]]):
+        modules = dict(unet.named_modules())
+        missing = [p for paths in positions.values() for p in paths if p not in modules]
+        if missing:
+            raise ValueError(f"injection positions not found in the UNet: {', '.join(missing)}")
+        self._targets = [(kind, modules[p]) for kind, paths in positions.items() for p in paths]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.plan: BranchPlan | None = None
+        self.active: frozenset[str] = frozenset()
+        self.t: int | None = None
+        self.fired: set[tuple[str, int]] = set()  # (kind, timestep) pairs that injected, for checks
+
+    def __enter__(self) -> FeatureInjector:
+        for kind, module in self._targets:
+            self._handles.append(module.register_forward_hook(self._hook(kind)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def configure(self, plan: BranchPlan | None) -> None:
+        self.plan = plan
+
+    def set_step(self, t: int, active: Iterable[str]) -> None:
+        self.t, self.active = int(t), frozenset(active)
+
+    def _hook(self, kind: str):
+        def hook(module: torch.nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+            if self.plan is not None and kind in self.active:
+                self.plan.apply(output)
+                self.fired.add((kind, self.t))
+            return output
+
+        return hook

@@ -1,0 +1,155 @@
+"""DDIM inversion of a source clip: the noisy latent at every timestep, as a plain value.
+
+The official code writes each inverted latent to disk with torch.save and reloads it at every sampling
+step; here the result is an `Inversion` held in memory: tensors and plain fields only (no module
+references), so it pickles across Ray actors and serialises to safetensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .backbones.base import Backbone, Branch
+from .errors import AnyV2VError
+from .imaging import as_rgb_array
+from .settings import ClipSettings, InversionSettings
+
+
+@dataclass
+class Inversion:
+    """The inverted latents of one source clip and what they were computed from.
+
+    `latents[i]` is stored under `timesteps[i]`: the latent produced by the inverse DDIM step evaluated
+    at that timestep (as the official code stores it). Latents are float32 on the CPU, [C, F, h, w] each.
+    """
+
+    backbone: str
+    timesteps: tuple[int, ...]  # ascending
+    latents: torch.Tensor  # [T, C, F, h, w]
+    source_first_frame: np.ndarray  # [H, W, 3] uint8: the source branch's image condition
+    fps: float
+    settings: InversionSettings
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return self.latents.shape[2]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the source clip in pixels."""
+        return self.source_first_frame.shape[1], self.source_first_frame.shape[0]
+
+    def at(self, t: int) -> torch.Tensor:
+        """The inverted latent stored under timestep t: [1, C, F, h, w]."""
+        try:
+            i = self.timesteps.index(int(t))
+        except ValueError:
+            raise missing_timestep_error(int(t), self.settings.steps) from None
+        return self.latents[i : i + 1]
+
+    def keep(self, timesteps: Iterable[int]) -> Inversion:
+        """A copy holding only the given timesteps (what one edit schedule needs), to ship less."""
+        wanted = sorted({int(t) for t in timesteps})
+        idx = [self.timesteps.index(t) for t in wanted if t in self.timesteps]
+        return Inversion(
+            backbone=self.backbone,
+            timesteps=tuple(self.timesteps[i] for i in idx),
+            latents=self.latents[idx].clone(),
+            source_first_frame=self.source_first_frame,
+            fps=self.fps,
+            settings=self.settings,
+            meta=dict(self.meta),
+        )
+
+
+def missing_timestep_error(t: int, inversion_steps: int) -> AnyV2VError:
+    return AnyV2VError(
+        f"the inversion holds no latent at timestep {t}: {inversion_steps} inversion steps do not visit it; "
+        "pick --inversion-steps so that they include every sampling timestep (e.g. 500, 250, 100 or 50 "
+        "for 50 sampling steps)"
+    )
+
+
+def guided_prediction(backbone: Backbone, latents: torch.Tensor, t: int, cond, guidance_scale: float) -> torch.Tensor:
+    """Model output with classifier-free guidance: cond holds [negative, positive] when guidance > 1."""
+    if guidance_scale > 1.0:
+        neg, pos = backbone.predict(torch.cat([latents, latents]), t, cond).chunk(2)
+        return neg + guidance_scale * (pos - neg)
+    return backbone.predict(latents, t, cond)
+
+
+def set_schedule(scheduler, steps: int, flag: str) -> list[int]:
+    """`scheduler.set_timesteps(steps)`, refusing schedules that leave the model's timestep range."""
+    last = scheduler.config.num_train_timesteps - 1
+    try:
+        scheduler.set_timesteps(steps)
+    except ValueError:
+        raise AnyV2VError(f"{flag} {steps} is more than the model's {last + 1} training timesteps") from None
+    timesteps = [int(t) for t in scheduler.timesteps]
+    if max(timesteps) > last:
+        # leading spacing plus steps_offset 1 puts the last step of a 1000-step schedule at t = 1000
+        raise AnyV2VError(
+            f"{flag} {steps} reaches timestep {max(timesteps)}, beyond the model's last timestep {last}; "
+            f"use at most {last} steps"
+        )
+    return timesteps
+
+
+def inversion_branches(first_frame: np.ndarray, settings: InversionSettings) -> list[Branch]:
+    """[prompt] or, with guidance, [negative, prompt]: all conditioned on the source first frame."""
+    branches = [Branch(settings.prompt, first_frame)]
+    if settings.guidance_scale > 1.0:
+        branches.insert(0, Branch(settings.negative_prompt, first_frame, image_embedding=False))
+    return branches
+
+
+@torch.inference_mode()
+def invert(
+    backbone: Backbone,
+    frames: np.ndarray,
+    settings: InversionSettings = InversionSettings(),
+    fps: float = 8.0,
+    keep: Iterable[int] | None = None,
+    latents: torch.Tensor | None = None,
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> Inversion:
+    """DDIM-invert a clip [F, H, W, 3] (uint8, already at the clip size), conditioned on its first frame.
+
+    keep: only these timesteps are kept in the result (all by default).
+    latents: the clip's clean latents [1, C, F, h, w], if already encoded.
+    on_step(i, t, latent): called with each inverted latent as it is produced.
+    """
+    settings.validate()
+    frames = np.stack([as_rgb_array(f) for f in frames])
+    num_frames, height, width = frames.shape[:3]
+    backbone.check_clip(ClipSettings(frames=num_frames, fps=fps, width=width, height=height).validate())
+    first = frames[0]
+    cond = backbone.condition(inversion_branches(first, settings), num_frames, fps)
+
+    scheduler = backbone.scheduler(inverse=True)
+    timesteps = set_schedule(scheduler, settings.steps, "--inversion-steps")
+    wanted = None if keep is None else {int(t) for t in keep}
+
+    x = backbone.encode_video(frames) if latents is None else latents.to(backbone.device, torch.float32)
+    kept_t, kept_x = [], []
+    for i, t in enumerate(timesteps):
+        v = guided_prediction(backbone, x, t, cond, settings.guidance_scale)
+        x = scheduler.step(v, t, x).prev_sample
+        if on_step is not None:
+            on_step(i, t, x)
+        if wanted is None or t in wanted:
+            kept_t.append(t)
+            kept_x.append(x[0].to("cpu", torch.float32))
+    return Inversion(
+        backbone=backbone.name,
+        timesteps=tuple(kept_t),
+        latents=torch.stack(kept_x) if kept_x else torch.empty(0),
+        source_first_frame=first,
+        fps=fps,
+        settings=settings,
+    )

@@ -1,0 +1,118 @@
+"""Every knob of an AnyV2V edit, with the official I2VGen-XL defaults, and their validation.
+
+Settings are plain frozen dataclasses: they cross process boundaries, hash into cache keys and print
+into metadata. Validation raises `AnyV2VError` naming the CLI flag of the bad value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from .errors import AnyV2VError
+
+OFFICIAL_NEGATIVE_PROMPT = (
+    "Distorted, discontinuous, Ugly, blurry, low resolution, motionless, static, disfigured, "
+    "disconnected limbs, Ugly faces, incomplete arms"
+)
+
+InjectionWindow = Literal["official", "from-start"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise AnyV2VError(f"{_flag(name)} must be {rule}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """The geometry the source clip is brought to before anything else."""
+
+    frames: int = 16
+    fps: float = 8.0  # resampling rate for video files; always the UNet's fps micro-condition
+    width: int = 512
+    height: int = 512
+
+    def validate(self) -> ClipSettings:
+        _check(isinstance(self.frames, int) and self.frames >= 2, "frames", "an integer >= 2", self.frames)
+        _check(self.fps > 0, "fps", "> 0", self.fps)
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 8 and v % 8 == 0, name, "a positive multiple of 8", v)
+        return self
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """DDIM inversion of the source clip (official: 500 steps, guidance 1, empty prompt)."""
+
+    steps: int = 500
+    guidance_scale: float = 1.0
+    prompt: str = ""
+    negative_prompt: str = ""  # used only when guidance_scale > 1
+
+    def validate(self) -> InversionSettings:
+        _check(isinstance(self.steps, int) and self.steps >= 1, "inversion_steps", "an integer >= 1", self.steps)
+        _check(self.guidance_scale >= 0, "inversion_guidance_scale", ">= 0", self.guidance_scale)
+        return self
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """Injected I2V sampling from the inversion (official: 50 steps, CFG 9, PnP 0.2 / 0.2 / 0.5)."""
+
+    prompt: str = ""
+    negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
+    steps: int = 50
+    guidance_scale: float = 9.0
+    pnp_conv: float = 0.2
+    pnp_spatial: float = 0.2
+    pnp_temporal: float = 0.5
+    init_step: int = 0  # index into the sampling schedule of the first step run (0: t = 981 at 50 steps)
+    seed: int = 8888
+    random_ratio: float = 0.0  # blend of fresh noise into the starting latent (official `random_ratio`)
+    eta: float = 0.0
+    # "official": a fraction f injects at the first int(steps * f) timesteps of the *full* schedule, so a
+    # start index > 0 silently drops injected steps (as the official code does). "from-start": the
+    # window starts at the first step that runs.
+    injection_window: InjectionWindow = "official"
+
+    def validate(self) -> EditSettings:
+        _check(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
+        _check(self.guidance_scale >= 0, "guidance_scale", ">= 0", self.guidance_scale)
+        for name in ("pnp_conv", "pnp_spatial", "pnp_temporal", "random_ratio"):
+            v = getattr(self, name)
+            _check(0.0 <= v <= 1.0, name, "between 0 and 1", v)
+        _check(
+            isinstance(self.init_step, int) and 0 <= self.init_step < self.steps,
+            "init_step",
+            f"an integer in [0, steps - 1 = {self.steps - 1}]",
+            self.init_step,
+        )
+        _check(self.eta >= 0, "eta", ">= 0", self.eta)
+        _check(
+            self.injection_window in ("official", "from-start"),
+            "injection_window",
+            "'official' or 'from-start'",
+            self.injection_window,
+        )
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "an integer in [0, 2^63)", self.seed)
+        return self
+
+    @property
+    def uses_guidance(self) -> bool:
+        # the official pipeline batches a negative branch only when guidance_scale > 1
+        return self.guidance_scale > 1.0
+
+
+def as_dict(settings: Any) -> dict[str, Any]:
+    """Settings as a JSON-ready dict (for metadata and cache keys)."""
+    return asdict(settings)
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]

@@ -1,0 +1,220 @@
+"""Video in (decord) and out (PyAV), frame folders, images; every write is atomic.
+
+A clip is a numpy uint8 array [F, H, W, 3]. Reading resamples in time to the requested fps
+(sample-and-hold: output frame k shows the source frame on screen at time k / fps), keeps the first
+`frames` frames and fits them to width x height. Writing goes to a temporary name beside the target
+and is renamed into place, so a target is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import AnyV2VError
+from .imaging import ResizeMode, fit_frame
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class Clip:
+    frames: np.ndarray  # [F, H, W, 3] uint8
+    fps: float  # the rate the frames are meant to play at (the fps condition)
+    source_fps: float | None = None  # the file's own rate (None for frame folders)
+    source_size: tuple[int, int] | None = None  # (width, height) before fitting
+    source_frames: int | None = None  # frame count of the source
+
+
+def sample_indices(num_source: int, source_fps: float, fps: float, frames: int) -> list[int]:
+    """Source frame indices for `frames` output frames at `fps` (sample-and-hold)."""
+    return [math.floor(k * source_fps / fps + 1e-6) for k in range(frames)]
+
+
+def read_video(
+    source: str | os.PathLike | BinaryIO,
+    frames: int,
+    fps: float,
+    width: int,
+    height: int,
+    resize: ResizeMode = "stretch",
+    name: str | None = None,
+) -> Clip:
+    """Decode a video file (a path or a binary file object) into a clip."""
+    import decord
+
+    label = name or str(source if not hasattr(source, "read") else getattr(source, "name", "video"))
+    if not hasattr(source, "read"):
+        path = Path(source)
+        if not path.exists():
+            raise AnyV2VError(f"source video {label!r} does not exist")
+        if path.stat().st_size == 0:
+            raise AnyV2VError(f"source video {label!r} is empty (0 bytes)")
+        source = str(path)
+    try:
+        reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
+        num_source, source_fps = len(reader), float(reader.get_avg_fps())
+    except Exception as e:  # decord raises bare DECORDError / RuntimeError / AssertionError
+        raise AnyV2VError(f"cannot decode {label!r}: not a readable video ({_first_line(e)})") from None
+    if not source_fps > 0:
+        raise AnyV2VError(f"{label!r} has no frame rate; re-encode it (e.g. ffmpeg -r 24) and try again")
+    indices = sample_indices(num_source, source_fps, fps, frames)
+    if indices[-1] >= num_source:
+        have = num_source / source_fps
+        need = (frames - 1) / fps + 1 / source_fps
+        raise AnyV2VError(
+            f"{label!r} is too short: {num_source} frames at {source_fps:g} fps ({have:.2f} s), but --frames "
+            f"{frames} at --fps {fps:g} needs {need:.2f} s; use fewer --frames or a lower --fps"
+        )
+    try:
+        raw = reader.get_batch(indices).asnumpy()
+    except Exception as e:
+        raise AnyV2VError(f"cannot decode {label!r}: frames are corrupt ({_first_line(e)})") from None
+    src_h, src_w = raw.shape[1:3]
+    fitted = np.stack([fit_frame(f, width, height, resize) for f in raw])
+    return Clip(fitted, fps, source_fps, (src_w, src_h), num_source)
+
+
+def read_frame_folder(
+    folder: str | os.PathLike, frames: int, fps: float, width: int, height: int, resize: ResizeMode = "stretch"
+) -> Clip:
+    """The first `frames` images of a folder in name order, taken as they are (no resampling in time)."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if len(paths) < frames:
+        raise AnyV2VError(
+            f"frame folder {str(folder)!r} holds {len(paths)} images, fewer than --frames {frames}; "
+            "add frames or lower --frames"
+        )
+    raw = [read_image(p) for p in paths[:frames]]
+    size = raw[0].shape[1], raw[0].shape[0]
+    fitted = np.stack([fit_frame(f, width, height, resize) for f in raw])
+    return Clip(fitted, fps, None, size, len(paths))
+
+
+def read_source(
+    source: str | os.PathLike, frames: int, fps: float, width: int, height: int, resize: ResizeMode = "stretch"
+) -> Clip:
+    """A video file or a folder of frames."""
+    path = Path(source)
+    if path.is_dir():
+        return read_frame_folder(path, frames, fps, width, height, resize)
+    if not path.exists():
+        raise AnyV2VError(f"source {str(path)!r} does not exist")
+    return read_video(path, frames, fps, width, height, resize)
+
+
+def read_image(source: str | os.PathLike | bytes | BinaryIO, name: str | None = None) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3]."""
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
+    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
+        raise AnyV2VError(f"image {label!r} does not exist")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise AnyV2VError(f"cannot read image {label!r}: not a readable image ({_first_line(e)})") from None
+
+
+# ---- writing
+
+
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
+    """H.264 (yuv420p) MP4 bytes. Single-threaded x264, so the same frames give the same bytes."""
+    import av
+
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise AnyV2VError(f"H.264 (yuv420p) needs an even width and height, got {frames.shape[2]}x{frames.shape[1]}")
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=_fps_fraction(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
+    """An MP4 file (H.264, yuv420p) or, for any other target, a folder of lossless PNGs 00000.png, ..."""
+    path = Path(path)
+    if path.suffix.lower() == ".mp4":
+        atomic_write_bytes(path, encode_mp4(frames, fps))
+    else:
+        write_frame_folder(path, frames)
+
+
+def write_frame_folder(folder: str | os.PathLike, frames: np.ndarray) -> None:
+    """PNG frames written into a temporary folder, then renamed into place (replacing an old one)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp / f"{i:05d}.png")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fps_fraction(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]

@@ -1,0 +1,121 @@
+"""Shared test fixtures: the tiny I2VGen-XL model, the official reference cases, small real clips.
+
+No test touches the network: the hub is forced offline before anything imports huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# one process, this machine's cores; subprocesses and Ray actors set their own share
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_MODEL = FIXTURES / "anyv2v-reference" / "tiny-i2vgen-xl"
+CASE_DIRS = {"case-a": FIXTURES / "anyv2v-reference" / "case-a"} | {
+    p.name: p for p in sorted((FIXTURES / "i2vgen-xl-cases").iterdir()) if p.is_dir()
+}
+
+
+def load_frames(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))])
+
+
+class ReferenceCase:
+    """One run of the official code: its settings, inputs and recorded tensors."""
+
+    def __init__(self, path: Path):
+        from safetensors.torch import load_file
+
+        self.path = path
+        self.case = json.loads((path / "case.json").read_text())
+        self.ref = load_file(path / "reference.safetensors")
+        self.frames = load_frames(path / "source")
+        self.edited = np.asarray(Image.open(path / "edited_first_frame.png").convert("RGB"))
+
+    def inversion_settings(self):
+        from anyv2v_batch import InversionSettings
+
+        c = self.case
+        return InversionSettings(
+            steps=c["inversion_steps"],
+            prompt=c["inversion_prompt"],
+            guidance_scale=c.get("inversion_guidance_scale", 1.0),
+            negative_prompt=c.get("inversion_negative_prompt", ""),
+        )
+
+    def edit_settings(self, **overrides):
+        from anyv2v_batch import EditSettings
+
+        c = self.case
+        values = dict(
+            prompt=c["prompt"],
+            negative_prompt=c["negative_prompt"],
+            steps=c["steps"],
+            guidance_scale=c["guidance_scale"],
+            pnp_conv=c["pnp_conv"],
+            pnp_spatial=c["pnp_spatial_attn"],
+            pnp_temporal=c["pnp_temporal_attn"],
+            init_step=c["init_t_index"],
+            seed=c["seed"],
+        )
+        return EditSettings(**(values | overrides))
+
+    def reference_inversion(self):
+        """The official inverted latents as our `Inversion` value."""
+        from anyv2v_batch import Inversion
+
+        ts = tuple(self.case["inversion_timesteps"])
+        return Inversion(
+            backbone="i2vgen-xl",
+            timesteps=ts,
+            latents=torch.stack([self.ref[f"inverted/{t}"][0] for t in ts]),
+            source_first_frame=self.frames[0],
+            fps=self.case["fps"],
+            settings=self.inversion_settings(),
+        )
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """||ours - ref|| / ||ref||."""
+    ours, ref = ours.detach().float().cpu(), ref.detach().float().cpu()
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    return float((ours - ref).norm() / ref.norm())
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from anyv2v_batch import load_backbone
+    from anyv2v_batch.loading import quiet_libraries
+
+    quiet_libraries()
+    return load_backbone("i2vgen-xl", str(TINY_MODEL), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def case_a() -> ReferenceCase:
+    return ReferenceCase(CASE_DIRS["case-a"])
+
+
+def moving_clip(frames: int, width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A small synthetic clip: a bright square moving over a gradient, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([60 + 150 * xx / width, 50 + 120 * yy / height, 120 + 0 * xx], -1)
+    out = []
+    for i in range(frames):
+        f = base.copy()
+        x0 = (3 * i) % max(1, width - 8)
+        f[4:12, x0 : x0 + 8] = [230, 50, 40]
+        out.append(np.clip(f + rng.normal(0, 2, f.shape), 0, 255).astype(np.uint8))
+    return np.stack(out)

@@ -1,0 +1,205 @@
+"""`anyv2v-batch edit` on real files: its output, and its one-line errors that leave inputs untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, moving_clip
+from PIL import Image
+
+from anyv2v_batch.cli import main
+from anyv2v_batch.video_io import read_frame_folder, read_video, write_video
+
+FAST = [
+    "--model",
+    str(TINY_MODEL),
+    "--width",
+    "32",
+    "--height",
+    "32",
+    "--frames",
+    "6",
+    "--inversion-steps",
+    "20",
+    "--steps",
+    "5",
+    "--device",
+    "cpu",
+    "-q",
+]
+
+
+@pytest.fixture()
+def files(tmp_path):
+    clip = moving_clip(12, 32, 32)
+    write_video(tmp_path / "src.mp4", clip, 8)
+    edited = clip[0][..., ::-1].copy()
+    Image.fromarray(edited).save(tmp_path / "edited.png")
+    return tmp_path
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+        raise SystemExit(0)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_edit_writes_the_same_frames_as_the_api(files, capsys, tiny_backbone):
+    from anyv2v_batch import EditSettings, InversionSettings, edit, invert
+
+    code, err = run_cli(
+        [
+            "edit",
+            files / "src.mp4",
+            "--first-frame",
+            files / "edited.png",
+            "-o",
+            files / "out",
+            "--prompt",
+            "a red car",
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert err == ""  # -q
+    written = read_frame_folder(files / "out", 6, 8, 32, 32).frames
+    clip = read_video(files / "src.mp4", 6, 8, 32, 32).frames
+    inversion = invert(tiny_backbone, clip, InversionSettings(steps=20), fps=8)
+    edited = np.asarray(Image.open(files / "edited.png").convert("RGB"))
+    expected = edit(tiny_backbone, inversion, edited, EditSettings(prompt="a red car", steps=5)).frames
+    assert np.array_equal(written, expected)
+
+
+def test_edit_mp4_out_and_frame_folder_in(files, capsys):
+    out = files / "out.mp4"
+    code, err = run_cli(["edit", files / "src.mp4", "--first-frame", files / "edited.png", "-o", out, *FAST], capsys)
+    assert code == 0, err
+    assert read_video(out, 6, 8, 32, 32).frames.shape == (6, 32, 32, 3)
+    write_video(files / "frames", moving_clip(7, 32, 32), 8)
+    code, err = run_cli(
+        ["edit", files / "frames", "--first-frame", files / "edited.png", "-o", files / "o2.mp4", *FAST[:-1]], capsys
+    )
+    assert code == 0, err
+    assert "wrote" in err and "inversion" in err  # progress lines without -q
+
+
+def _error_cases(files: Path) -> dict[str, tuple[list, str]]:
+    src, frame = files / "src.mp4", files / "edited.png"
+    (files / "garbage.mp4").write_bytes(b"\x00junk" * 500)
+    (files / "notimage.png").write_text("hello")
+    write_video(files / "short.mp4", moving_clip(3, 32, 32), 8)
+    (files / "exists.mp4").write_bytes(b"keep me")
+    (files / "no-unet").mkdir()
+    (files / "no-unet" / "model_index.json").write_text("{}")
+    base = ["--first-frame", frame]
+    return {
+        "missing source": ([files / "none.mp4", *base, "-o", files / "o.mp4"], "does not exist"),
+        "corrupt video": ([files / "garbage.mp4", *base, "-o", files / "o.mp4"], "cannot decode"),
+        "too few frames": ([files / "short.mp4", *base, "-o", files / "o.mp4"], "too short"),
+        "missing first frame": ([src, "--first-frame", files / "no.png", "-o", files / "o.mp4"], "does not exist"),
+        "corrupt first frame": ([src, "--first-frame", files / "notimage.png", "-o", files / "o.mp4"], "cannot read"),
+        "fraction out of range": ([src, *base, "-o", files / "o.mp4", "--pnp-conv", "1.5"], "--pnp-conv must be"),
+        "odd width": ([src, *base, "-o", files / "o.mp4", "--width", "30"], "--width must be a positive multiple"),
+        "start past the end": ([src, *base, "-o", files / "o.mp4", "--init-step", "5"], "--init-step must be"),
+        "bad resize": ([src, *base, "-o", files / "o.mp4", "--resize", "zoom"], "--resize must be one of"),
+        "output exists": ([src, *base, "-o", files / "exists.mp4"], "already exists; pass --overwrite"),
+        "output is input": ([src, *base, "-o", src, "--overwrite"], "is the source itself"),
+        "bad output suffix": ([src, *base, "-o", files / "o.gif"], "use a .mp4 file or a folder"),
+        "no model folder": ([src, *base, "-o", files / "o.mp4", "--model", files / "nope" / "model"], "does not exist"),
+        "incomplete model folder": ([src, *base, "-o", files / "o.mp4", "--model", files / "no-unet"], "the unet"),
+        "no GPU": ([src, *base, "-o", files / "o.mp4", "--device", "cuda:0"], "CUDA"),
+        "unreachable schedule": (
+            [src, *base, "-o", files / "o.mp4", "--inversion-steps", "30", "--steps", "10"],
+            "no latent at timestep",
+        ),
+        "not a number": ([src, *base, "-o", files / "o.mp4", "--steps", "many"], "Invalid value for '--steps'"),
+    }
+
+
+ERROR_NAMES = [
+    "missing source",
+    "corrupt video",
+    "too few frames",
+    "missing first frame",
+    "corrupt first frame",
+    "fraction out of range",
+    "odd width",
+    "start past the end",
+    "bad resize",
+    "output exists",
+    "output is input",
+    "bad output suffix",
+    "no model folder",
+    "incomplete model folder",
+    "no GPU",
+    "unreachable schedule",
+    "not a number",
+]
+
+
+@pytest.mark.parametrize("name", ERROR_NAMES)
+def test_bad_input_is_one_line_nonzero_and_leaves_everything_as_it_was(files, capsys, name):
+    if name == "no GPU":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    argv, message = _error_cases(files)[name]
+    before = digest(files)
+    fast = [a for a in FAST if a not in ("-q",)]
+    if "--model" in [str(a) for a in argv]:  # the case names its own model
+        i = fast.index("--model")
+        fast = fast[:i] + fast[i + 2 :]
+    code, err = run_cli(["edit", *fast, *argv], capsys)  # the case's own flags come last and win
+    assert code != 0
+    lines = [line for line in err.splitlines() if not line.startswith(("loading", "inverting", "editing"))]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err
+    assert digest(files) == before  # inputs untouched, no output, no temporary files
+
+
+def test_missing_weights_offline_in_a_real_process(files):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(files / "hf-home"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anyv2v_batch.cli",
+            "edit",
+            files / "src.mp4",
+            "--first-frame",
+            files / "edited.png",
+            "-o",
+            files / "o.mp4",
+            "--model",
+            "nobody/no-such-model",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--frames",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("error: cannot load the unet of model 'nobody/no-such-model'")
+    )
+    assert "HF_HUB_OFFLINE" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (files / "o.mp4").exists()
