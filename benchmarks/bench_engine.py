@@ -56,22 +56,45 @@ def full_size_backbone(device: str, dtype: torch.dtype):
         )
         text = CLIPTextModel(
             CLIPTextConfig(
-                hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
-                projection_dim=1024, hidden_act="gelu", vocab_size=49408, max_position_embeddings=77,
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_attention_heads=16,
+                num_hidden_layers=24,
+                projection_dim=1024,
+                hidden_act="gelu",
+                vocab_size=49408,
+                max_position_embeddings=77,
             )
         )
         vision = CLIPVisionModelWithProjection(
             CLIPVisionConfig(
-                hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
-                patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu",
+                hidden_size=1280,
+                intermediate_size=5120,
+                num_attention_heads=16,
+                num_hidden_layers=32,
+                patch_size=14,
+                image_size=224,
+                projection_dim=1024,
+                hidden_act="gelu",
             )
         )
     tokenizer = CLIPTokenizer.from_pretrained(TINY / "tokenizer")  # ids only; speed does not depend on them
     scheduler_config = json.loads((TINY / "scheduler" / "scheduler_config.json").read_text())
-    clip = {"crop_size": {"height": 224, "width": 224}, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-            "image_std": [0.26862954, 0.26130258, 0.27577711]}
-    return I2VGenXL(unet.to(dtype), vae.float(), text.to(dtype), tokenizer, vision.to(dtype), clip,
-                    scheduler_config, vae_dtype=torch.float32)
+    clip = {
+        "crop_size": {"height": 224, "width": 224},
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    return I2VGenXL(
+        unet.to(dtype),
+        vae.float(),
+        text.to(dtype),
+        tokenizer,
+        vision.to(dtype),
+        clip,
+        scheduler_config,
+        vae_dtype=torch.float32,
+    )
 
 
 class UNetCounter:
@@ -126,16 +149,18 @@ def main() -> None:
     counter = UNetCounter(backbone.unet)
     clip = synthetic_clip(args.frames, args.size)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    print(f"# {model}; {args.frames} frames at {args.size}x{args.size}; {args.device} ({device_name}), "
-          f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(
+        f"# {model}; {args.frames} frames at {args.size}x{args.size}; {args.device} ({device_name}), "
+        f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    )
     print("| stage | steps | seconds | s / step | UNet calls | UNet batch entries | peak memory GiB |")
     print("|---|---|---|---|---|---|---|")
 
-    def timed(fn):
+    def timed(fn, *fn_args, **fn_kwargs):
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         c0, e0, t0 = counter.calls, counter.entries, time.perf_counter()
-        out = fn()
+        out = fn(*fn_args, **fn_kwargs)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return out, time.perf_counter() - t0, counter.calls - c0, counter.entries - e0
@@ -145,13 +170,17 @@ def main() -> None:
         settings = EditSettings(prompt="a robot", steps=steps)
         needed = plan_sampling(backbone.scheduler(), settings).needed
         inversion, s, calls, entries = timed(
-            lambda: invert(backbone, clip, InversionSettings(steps=inv_steps), fps=8, keep=needed)
+            invert, backbone, clip, InversionSettings(steps=inv_steps), fps=8, keep=needed
         )
-        print(f"| inversion | {inv_steps} | {s:.2f} | {s / inv_steps:.4f} | {calls} | {entries} | "
-              f"{peak_memory_gib(args.device):.2f} |")
-        result, s, calls, entries = timed(lambda: edit(backbone, inversion, clip[0], settings))
-        print(f"| edit (incl. decode) | {steps} | {s:.2f} | {s / steps:.4f} | {calls} | {entries} | "
-              f"{peak_memory_gib(args.device):.2f} |")
+        print(
+            f"| inversion | {inv_steps} | {s:.2f} | {s / inv_steps:.4f} | {calls} | {entries} | "
+            f"{peak_memory_gib(args.device):.2f} |"
+        )
+        result, s, calls, entries = timed(edit, backbone, inversion, clip[0], settings)
+        print(
+            f"| edit (incl. decode) | {steps} | {s:.2f} | {s / steps:.4f} | {calls} | {entries} | "
+            f"{peak_memory_gib(args.device):.2f} |"
+        )
         assert result.frames.shape == clip.shape
     sys.stdout.flush()
 
