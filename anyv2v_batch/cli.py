@@ -91,9 +91,7 @@ def edit(
     """Edit one clip: invert SOURCE, then propagate the edited first frame through it."""
     _DEBUG["on"] = debug
     started = time.perf_counter()
-    from .imaging import RESIZE_MODES
-
-    clip_settings = ClipSettings(frames=frames, fps=fps, width=width, height=height).validate()
+    clip_settings = ClipSettings(frames=frames, fps=fps, width=width, height=height, resize=resize).validate()
     inv_settings = InversionSettings(steps=inversion_steps, prompt=inversion_prompt).validate()
     edit_settings = EditSettings(
         prompt=prompt,
@@ -107,8 +105,6 @@ def edit(
         seed=seed,
         injection_window=injection_window,  # type: ignore[arg-type]
     ).validate()
-    if resize not in RESIZE_MODES:
-        raise AnyV2VError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
     if not first_frame.exists():
@@ -144,6 +140,78 @@ def edit(
         f"wrote {output} ({frames} frames, {width}x{height}, {fps:g} fps): inversion {t1 - t0:.1f} s, "
         f"edit {t2 - t1:.1f} s, total {time.perf_counter() - started:.1f} s",
     )
+
+
+# flag -> job field it overrides (`run`); only flags given on the command line override
+RUN_FLAGS = {
+    "output": "output", "editor": "editor.name", "edit_prompt": "edit_prompt", "prompt": "edit.prompt",
+    "negative_prompt": "edit.negative_prompt", "inversion_prompt": "inversion.prompt",
+    "inversion_steps": "inversion.steps", "steps": "edit.steps", "guidance_scale": "edit.guidance_scale",
+    "pnp_conv": "edit.pnp_conv", "pnp_spatial": "edit.pnp_spatial", "pnp_temporal": "edit.pnp_temporal",
+    "init_step": "edit.init_step", "seed": "seed", "fps": "clip.fps", "frames": "clip.frames",
+    "width": "clip.width", "height": "clip.height", "resize": "clip.resize", "backbone": "backbone",
+    "model": "model", "device": "device", "dtype": "dtype", "address": "ray.address",
+}  # fmt: skip
+
+
+@app.command()
+def run(
+    job_file: Annotated[Path | None, typer.Argument(help="Job file (YAML); flags override its fields.")] = None,
+    input: Annotated[list[str] | None, typer.Option("--input", help="Shard path / URL / pattern (repeatable).")] = None,
+    output: Annotated[str | None, typer.Option(help="Output folder or URL.")] = None,
+    editor: Annotated[str | None, typer.Option(help="First-frame editor (e.g. provided).")] = None,
+    edit_prompt: Annotated[str | None, typer.Option(help="Instruction for the first-frame editor.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Prompt; may template metadata, e.g. '{caption}'.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
+    inversion_prompt: Annotated[str | None, typer.Option(help="Inversion prompt.")] = None,
+    inversion_steps: Annotated[int | None, typer.Option(help="DDIM inversion steps.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps.")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
+    pnp_conv: Annotated[float | None, typer.Option(help="Conv injection fraction.")] = None,
+    pnp_spatial: Annotated[float | None, typer.Option(help="Spatial Q/K injection fraction.")] = None,
+    pnp_temporal: Annotated[float | None, typer.Option(help="Temporal Q/K injection fraction.")] = None,
+    init_step: Annotated[int | None, typer.Option(help="First sampling step index.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Base seed; each sample's seed derives from it.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Resample clips to this fps.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per clip.")] = None,
+    width: Annotated[int | None, typer.Option(help="Width (multiple of 8).")] = None,
+    height: Annotated[int | None, typer.Option(help="Height (multiple of 8).")] = None,
+    resize: Annotated[str | None, typer.Option(help="stretch, crop or pad.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Image-to-video backbone.")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or local folder of the backbone.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any job field: PATH=VALUE, e.g. pools.sampler.size=4.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Run (or resume) a batch job over WebDataset shards on Ray."""
+    _DEBUG["on"] = debug
+    from .job import load_job, parse_set
+
+    given = {
+        "output": output, "editor": editor, "edit_prompt": edit_prompt, "prompt": prompt,
+        "negative_prompt": negative_prompt, "inversion_prompt": inversion_prompt, "inversion_steps": inversion_steps,
+        "steps": steps, "guidance_scale": guidance_scale, "pnp_conv": pnp_conv, "pnp_spatial": pnp_spatial,
+        "pnp_temporal": pnp_temporal, "init_step": init_step, "seed": seed, "fps": fps, "frames": frames,
+        "width": width, "height": height, "resize": resize, "backbone": backbone, "model": model, "device": device,
+        "dtype": dtype, "address": address,
+    }  # fmt: skip
+    overrides: dict = parse_set(set_ or [])
+    overrides |= {RUN_FLAGS[k]: v for k, v in given.items() if v is not None}
+    if input:
+        overrides["input"] = list(input)
+    job = load_job(job_file, overrides)
+
+    from .pipelines.anyv2v_job import run_job
+
+    summary = run_job(job, log=lambda m: _say(quiet, m))
+    for example in summary.error_examples:
+        _say(quiet, f"  error: {example}")
+    _say(quiet, summary.line())
 
 
 def _oom_message(e: BaseException) -> str | None:

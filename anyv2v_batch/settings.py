@@ -19,13 +19,20 @@ OFFICIAL_NEGATIVE_PROMPT = (
 InjectionWindow = Literal["official", "from-start"]
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+class SettingError(AnyV2VError):
+    """A setting out of its range. Says it with the CLI flag; job files re-word it with their field path."""
+
+    def __init__(self, field: str, flag: str, rule: str, value: Any):
+        self.field, self.flag, self.rule, self.value = field, flag, rule, value
+        super().__init__(f"--{flag.replace('_', '-')} must be {rule}, got {value!r}")
+
+    def for_field(self, path: str) -> str:
+        return f"{path} must be {self.rule}, got {self.value!r}"
 
 
-def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+def _check(ok: bool, field: str, rule: str, value: Any, flag: str | None = None) -> None:
     if not ok:
-        raise AnyV2VError(f"{_flag(name)} must be {rule}, got {value!r}")
+        raise SettingError(field, flag or field, rule, value)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class ClipSettings:
     fps: float = 8.0  # resampling rate for video files; always the UNet's fps micro-condition
     width: int = 512
     height: int = 512
+    resize: str = "stretch"  # fitting frames to width x height: stretch (official), crop or pad
 
     def validate(self) -> ClipSettings:
         _check(isinstance(self.frames, int) and self.frames >= 2, "frames", "an integer >= 2", self.frames)
@@ -43,6 +51,7 @@ class ClipSettings:
         for name in ("width", "height"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 8 and v % 8 == 0, name, "a positive multiple of 8", v)
+        _check(self.resize in ("stretch", "crop", "pad"), "resize", "one of stretch, crop, pad", self.resize)
         return self
 
 
@@ -56,8 +65,9 @@ class InversionSettings:
     negative_prompt: str = ""  # used only when guidance_scale > 1
 
     def validate(self) -> InversionSettings:
-        _check(isinstance(self.steps, int) and self.steps >= 1, "inversion_steps", "an integer >= 1", self.steps)
-        _check(self.guidance_scale >= 0, "inversion_guidance_scale", ">= 0", self.guidance_scale)
+        ok_steps = isinstance(self.steps, int) and self.steps >= 1
+        _check(ok_steps, "steps", "an integer >= 1", self.steps, "inversion_steps")
+        _check(self.guidance_scale >= 0, "guidance_scale", ">= 0", self.guidance_scale, "inversion_guidance_scale")
         return self
 
 

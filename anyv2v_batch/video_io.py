@@ -23,6 +23,17 @@ from PIL import Image, UnidentifiedImageError
 from .errors import AnyV2VError
 from .imaging import ResizeMode, fit_frame
 
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+# mkstemp / mkdtemp create private files; finished outputs get the permissions a plain open() would
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -162,7 +173,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; outputs get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -188,7 +199,7 @@ def write_frame_folder(folder: str | os.PathLike, frames: np.ndarray) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        tmp.chmod(0o777 & ~_umask())
+        tmp.chmod(DIR_MODE)
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"{i:05d}.png")
         if folder.exists():
@@ -201,12 +212,6 @@ def write_frame_folder(folder: str | os.PathLike, frames: np.ndarray) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fps_fraction(fps: float):

@@ -1,0 +1,317 @@
+"""A batch job: what to read, which edits to make, where to write, how big each pool is.
+
+A job file is YAML (see `pipelines/examples/`); every field can also be given or overridden on the
+command line, the common ones by their own flags and any of them by `--set path=value`. Validation
+happens here, before any work, and every problem is one line naming the field:
+
+    job.yaml: variants[1].edit.pnp_conv must be between 0 and 1, got 1.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings, SettingError
+
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+SECTIONS = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings}
+POOLS = ("decode", "editor", "inversion", "sampler", "encode")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """One stage's workers: `size` actors (GPU pools) or concurrent tasks, each with these resources."""
+
+    size: int = 1
+    num_gpus: float | None = None  # per actor; None: 1 when the cluster has GPUs and the device allows
+    num_cpus: float = 1.0  # per actor / task; also its torch thread count
+    batch_size: int = 1  # clips per call
+
+
+@dataclass(frozen=True)
+class EditorSpec:
+    name: str = "provided"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One edit made of every clip. `edit.prompt` and `edit_prompt` may template sample metadata."""
+
+    name: str
+    clip: ClipSettings
+    inversion: InversionSettings
+    edit: EditSettings
+    editor: EditorSpec
+    edit_prompt: str = ""  # the instruction for the first-frame editor, if it takes one
+    seed: int = 8888  # base of the per-sample seed (see `derive_seed`)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    input: tuple[str, ...]
+    output: str
+    variants: tuple[VariantSpec, ...]
+    backbone: str = "i2vgen-xl"
+    model: str | None = None
+    weights_variant: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    pools: dict[str, PoolSpec] = field(default_factory=dict)
+    ray_address: str | None = None
+    ray_num_cpus: float | None = None  # CPUs of a local Ray instance (None: all)
+    source: str = "job"  # the file (or "command line") the job came from, for messages
+
+    def pool(self, name: str) -> PoolSpec:
+        return self.pools.get(name, PoolSpec())
+
+
+TOP_LEVEL = {
+    "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
+    "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray",
+}  # fmt: skip
+VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed"}
+
+
+class JobError(AnyV2VError):
+    pass
+
+
+def _fail(where: str, path: str, message: str) -> JobError:
+    return JobError(f"{where}: {path} {message}" if path else f"{where}: {message}")
+
+
+def _unknown(where: str, path: str, key: str, allowed: set[str]) -> JobError:
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(allowed))})"
+    full = f"{path}.{key}" if path else key
+    return _fail(where, full, f"is not a job field{hint}")
+
+
+def _mapping(where: str, path: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(where, path, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _coerce(where: str, path: str, value: Any, default: Any) -> Any:
+    """Check a scalar against its default's type (ints where ints are due; an int is a fine float)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        kind = type(default).__name__
+        raise _fail(where, path, f"must be {'a' if kind != 'int' else 'an'} {kind}, got {value!r}")
+    return value
+
+
+def _settings(where: str, path: str, cls: type, base: Any, raw: Any) -> Any:
+    raw = _mapping(where, path, raw)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise _unknown(where, path, key, names)
+        if cls is EditSettings and key == "seed":
+            raise _fail(where, f"{path}.seed", "is not set per edit: give `seed` at the top or in a variant")
+        values[key] = _coerce(where, f"{path}.{key}", value, getattr(base, key))
+    settings = dataclasses.replace(base, **values)
+    try:
+        return settings.validate()
+    except SettingError as e:
+        raise _fail(where, "", e.for_field(f"{path}.{e.field}")) from None
+
+
+def _editor(where: str, path: str, raw: Any, base: EditorSpec) -> EditorSpec:
+    if raw is None:
+        return base
+    if isinstance(raw, str):
+        return EditorSpec(raw, dict(base.options) if raw == base.name else {})
+    raw = _mapping(where, path, raw)
+    for key in raw:
+        if key not in ("name", "options"):
+            raise _unknown(where, path, key, {"name", "options"})
+    name = _coerce(where, f"{path}.name", raw.get("name", base.name), "")
+    options = _mapping(where, f"{path}.options", raw.get("options"))
+    return EditorSpec(name, {**(base.options if name == base.name else {}), **options})
+
+
+def _pool(where: str, path: str, raw: Any) -> PoolSpec:
+    raw = _mapping(where, path, raw)
+    base = PoolSpec()
+    names = {f.name for f in dataclasses.fields(PoolSpec)}
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise _unknown(where, path, key, names)
+        default = 1.0 if key == "num_gpus" else getattr(base, key)
+        values[key] = _coerce(where, f"{path}.{key}", value, default)
+    pool = dataclasses.replace(base, **values)
+    if pool.size < 1:
+        raise _fail(where, f"{path}.size", f"must be >= 1, got {pool.size}")
+    if pool.batch_size < 1:
+        raise _fail(where, f"{path}.batch_size", f"must be >= 1, got {pool.batch_size}")
+    if pool.num_cpus <= 0 or (pool.num_gpus is not None and pool.num_gpus < 0):
+        raise _fail(where, path, "num_cpus must be > 0 and num_gpus >= 0")
+    return pool
+
+
+def _as_list(where: str, path: str, value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) and i for i in items):
+        raise _fail(where, path, "must be a path / URL pattern or a non-empty list of them")
+    return tuple(items)
+
+
+def set_path(raw: dict, dotted: str, value: Any) -> None:
+    """raw["a"]["b"] = value for "a.b"."""
+    *parents, last = dotted.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise JobError(f"--set {dotted}: {p} is not a mapping")
+    node[last] = value
+
+
+def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Validate a parsed job (plus command-line overrides, which win everywhere) into a JobSpec."""
+    raw = dict(_mapping(where, "", raw))
+    overrides = overrides or {}
+    for dotted, value in overrides.items():
+        set_path(raw, dotted, value)
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise _unknown(where, "", key, TOP_LEVEL)
+    if "input" not in raw:
+        raise _fail(where, "input", "is missing: give shard paths or patterns (or --input)")
+    if "output" not in raw or not isinstance(raw["output"], str) or not raw["output"]:
+        raise _fail(where, "output", "is missing: give an output folder or URL (or --output)")
+
+    base_seed = _coerce(where, "seed", raw.get("seed", 8888), 0)
+    base = {name: _settings(where, name, cls, cls(), raw.get(name)) for name, cls in SECTIONS.items()}
+    base_editor = _editor(where, "editor", raw.get("editor"), EditorSpec())
+    base_edit_prompt = _coerce(where, "edit_prompt", raw.get("edit_prompt", ""), "")
+
+    raw_variants = raw.get("variants")
+    if raw_variants is None:
+        raw_variants = [{"name": "edit"}]
+    if not isinstance(raw_variants, list) or not raw_variants:
+        raise _fail(where, "variants", "must be a non-empty list")
+    # a command-line override of a section field beats what a variant says
+    section_overrides = {k: v for k, v in overrides.items() if k.split(".")[0] in SECTIONS}
+
+    variants = []
+    for i, rv in enumerate(raw_variants):
+        path = f"variants[{i}]"
+        rv = dict(_mapping(where, path, rv))
+        for key in rv:
+            if key not in VARIANT_KEYS:
+                raise _unknown(where, path, key, VARIANT_KEYS)
+        if "prompt" in rv:  # shorthand for edit.prompt
+            edit = dict(_mapping(where, f"{path}.edit", rv.get("edit")))
+            if "prompt" in edit:
+                raise _fail(where, f"{path}.prompt", "is given twice (also as edit.prompt)")
+            rv["edit"] = {**edit, "prompt": rv.pop("prompt")}
+        for dotted, value in section_overrides.items():
+            set_path(rv, dotted, value)
+        name = rv.get("name")
+        if not isinstance(name, str) or not VARIANT_NAME.match(name):
+            raise _fail(where, f"{path}.name", f"must be letters, digits, '-' or '_', got {name!r}")
+        sections = {s: _settings(where, f"{path}.{s}", cls, base[s], rv.get(s)) for s, cls in SECTIONS.items()}
+        variants.append(
+            VariantSpec(
+                name=name,
+                clip=sections["clip"],
+                inversion=sections["inversion"],
+                edit=sections["edit"],
+                editor=_editor(where, f"{path}.editor", rv.get("editor"), base_editor),
+                edit_prompt=_coerce(where, f"{path}.edit_prompt", rv.get("edit_prompt", base_edit_prompt), ""),
+                seed=_coerce(where, f"{path}.seed", rv.get("seed", base_seed), 0),
+            )
+        )
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise _fail(where, "variants", f"names must be unique; repeated: {', '.join(duplicates)}")
+
+    pools_raw = _mapping(where, "pools", raw.get("pools"))
+    for key in pools_raw:
+        if key not in POOLS:
+            raise _unknown(where, "pools", key, set(POOLS))
+    pools = {name: _pool(where, f"pools.{name}", pools_raw.get(name)) for name in POOLS}
+    ray_raw = _mapping(where, "ray", raw.get("ray"))
+    for key in ray_raw:
+        if key not in ("address", "num_cpus"):
+            raise _unknown(where, "ray", key, {"address", "num_cpus"})
+
+    from anyv2v_batch.backbones import BACKBONES
+
+    backbone = _coerce(where, "backbone", raw.get("backbone", "i2vgen-xl"), "")
+    if backbone not in BACKBONES:
+        raise _fail(where, "backbone", f"must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    optional = {}
+    for key in ("model", "weights_variant"):
+        if raw.get(key) is not None:
+            optional[key] = _coerce(where, key, raw[key], "")
+    return JobSpec(
+        input=_as_list(where, "input", raw["input"]),
+        output=raw["output"],
+        variants=tuple(variants),
+        backbone=backbone,
+        device=_coerce(where, "device", raw.get("device", "auto"), ""),
+        dtype=_coerce(where, "dtype", raw.get("dtype", "auto"), ""),
+        pools=pools,
+        ray_address=ray_raw.get("address"),
+        ray_num_cpus=ray_raw.get("num_cpus"),
+        source=where,
+        **optional,
+    )
+
+
+def load_job(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read and validate a job file (None: a job from command-line overrides alone)."""
+    if path is None:
+        return build_job({}, "command line", overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"job file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise JobError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    return build_job(raw if raw is not None else {}, str(path), overrides)
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """`--set a.b=value` pairs; values are YAML (numbers, booleans, lists, strings)."""
+    out = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise JobError(f"--set {item!r}: expected PATH=VALUE, e.g. pools.sampler.size=4")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out

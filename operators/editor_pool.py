@@ -1,0 +1,46 @@
+"""The first-frame editor actor pool: each variant's edited first frame, at the clip size."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from anyv2v_batch.editors import FirstFrameEditor, SampleContext, load_editor
+from anyv2v_batch.job import JobSpec
+from anyv2v_batch.operators.actor_base import start_worker, worker_device
+from anyv2v_batch.operators.work import one_line
+from anyv2v_batch.pnp_edit import prepare_first_frame
+
+
+class EditorPool:
+    """map_batches actor: loads each editor the job uses once, then edits frame after frame."""
+
+    def __init__(self, job: JobSpec, num_cpus: float = 1.0):
+        start_worker(num_cpus)
+        self.job = job
+        self.device = worker_device(job.device)
+        self.editors: dict[str, FirstFrameEditor] = {}
+
+    def editor(self, name: str) -> FirstFrameEditor:
+        if name not in self.editors:
+            self.editors[name] = load_editor(name, device=self.device, dtype=self.job.dtype)
+        return self.editors[name]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        for work in batch["work"]:
+            for variant in work.pending():
+                started = time.perf_counter()
+                try:
+                    options = dict(variant.editor.options)
+                    if variant.edit_prompt:
+                        options["instruction"] = variant.edit_prompt
+                    context = SampleContext(work.key, work.meta, work.files)
+                    edited = self.editor(variant.editor.name).edit(work.frames[0], options, context)
+                    variant.first_frame = prepare_first_frame(edited, work.clip.width, work.clip.height)
+                except Exception as e:  # noqa: BLE001 - an editor failure fails this variant only
+                    variant.error = f"editor {variant.editor.name}: {one_line(e)}"
+                variant.seconds["editor"] = time.perf_counter() - started
+            work.files = {}
+        return {"work": list(batch["work"])}

@@ -1,0 +1,122 @@
+"""Encode: each (clip, variant) becomes its output files and its metadata row (CPU tasks).
+
+Files of an ok pair: `<key>.<variant>.mp4` (H.264), `.png` (the edited first frame) and `.json`
+(every setting used; nothing run-dependent, so a rerun writes identical bytes). The metadata row adds
+what is run-dependent (timings) and the status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from anyv2v_batch import __version__
+from anyv2v_batch.job import JobSpec
+from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line
+from anyv2v_batch.video_io import encode_mp4, encode_png
+
+
+@dataclasses.dataclass
+class PairResult:
+    shard: str
+    shard_id: str
+    key: str
+    variant: str
+    status: str  # "ok" or "error"
+    error: str
+    row: dict[str, Any]  # the Parquet row
+    files: dict[str, bytes]  # extension ("mp4", "png", "json") -> bytes; empty for an error
+
+
+def settings_record(job: JobSpec, work: ClipWork, variant: VariantWork) -> dict[str, Any]:
+    """Every setting that made this output (the `.json` beside the clip)."""
+    return {
+        "key": work.key,
+        "variant": variant.name,
+        "source_shard": work.shard,
+        "backbone": job.backbone,
+        "model": job.model,
+        "seed": variant.settings.seed,
+        "prompt": variant.settings.prompt,
+        "negative_prompt": variant.settings.negative_prompt,
+        "edit_prompt": variant.edit_prompt,
+        "editor": {"name": variant.editor.name, "options": variant.editor.options},
+        "clip": dataclasses.asdict(work.clip),
+        "inversion": dataclasses.asdict(work.inversion_settings),
+        "edit": dataclasses.asdict(variant.settings),
+        "source": work.source,
+        "anyv2v_batch": __version__,
+    }
+
+
+def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str, error: str) -> dict[str, Any]:
+    s, c = variant.settings, work.clip
+    seconds = {**work.seconds, **variant.seconds}
+    return {
+        "source_shard": work.shard,
+        "shard_id": work.shard_id,
+        "key": work.key,
+        "variant": variant.name,
+        "output_key": f"{work.key}.{variant.name}",
+        "status": status,
+        "error": error,
+        "backbone": job.backbone,
+        "model": job.model or "",
+        "editor": variant.editor.name,
+        "prompt": s.prompt,
+        "negative_prompt": s.negative_prompt,
+        "edit_prompt": variant.edit_prompt,
+        "seed": s.seed,
+        "frames": c.frames,
+        "fps": float(c.fps),
+        "width": c.width,
+        "height": c.height,
+        "source_fps": float(work.source.get("fps") or 0.0),
+        "source_frames": int(work.source.get("frames") or 0),
+        "source_width": int(work.source.get("width") or 0),
+        "source_height": int(work.source.get("height") or 0),
+        "inversion_steps": work.inversion_settings.steps,
+        "steps": s.steps,
+        "guidance_scale": s.guidance_scale,
+        "settings": json.dumps(settings_record(job, work, variant), sort_keys=True),
+        **{f"seconds_{k}": float(seconds.get(k, 0.0)) for k in STAGES},
+    }
+
+
+STAGES = ("read", "decode", "editor", "inversion", "sampler", "encode")
+
+
+def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
+    """flat_map: a finished ClipWork -> one {"pair": PairResult} per variant."""
+    work: ClipWork = row["work"]
+    for variant in work.variants:
+        started = time.perf_counter()
+        error = work.error or variant.error
+        files: dict[str, bytes] = {}
+        if not error:
+            try:
+                record = settings_record(job, work, variant)
+                files = {
+                    "json": json.dumps(record, sort_keys=True, indent=1).encode(),
+                    "mp4": encode_mp4(variant.frames, work.clip.fps),
+                    "png": encode_png(variant.first_frame),
+                }
+            except Exception as e:  # noqa: BLE001
+                error, files = f"encode: {one_line(e)}", {}
+        variant.seconds["encode"] = time.perf_counter() - started
+        status = "error" if error else "ok"
+        yield {
+            "pair": PairResult(
+                work.shard,
+                work.shard_id,
+                work.key,
+                variant.name,
+                status,
+                error,
+                metadata_row(job, work, variant, status, error),
+                files,
+            )
+        }

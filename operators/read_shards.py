@@ -1,0 +1,116 @@
+"""Read WebDataset shards: one row per (sample, inversion group) that still has work to do.
+
+A sample is the tar members sharing a key (the member path up to the first dot of its file name):
+a video (.mp4, .webm, .mkv, .avi, .mov), optional .json / .txt metadata and optionally a ready
+edited first frame (.edited.png / .edited.jpg). Members are grouped by key over the whole tar, so a
+sample whose members are not adjacent is still read whole. Pairs already done are skipped here,
+before any decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from anyv2v_batch.job import JobSpec
+from anyv2v_batch.operators.storage import filesystem
+from anyv2v_batch.operators.work import ClipWork, group_variants, one_line, pair_id, variant_for_sample
+
+VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov")
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """'dir/clip.edited.png' -> ('dir/clip', 'edited.png')."""
+    folder, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(folder, stem) if folder else stem, ext.lower()
+
+
+def iter_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for every sample of a tar shard, in first-appearance order."""
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+        groups: dict[str, list[tuple[str, tarfile.TarInfo]]] = {}
+        for member in tar.getmembers():  # headers only: data is read per sample below
+            if not member.isfile() or posixpath.basename(member.name).startswith("."):
+                continue
+            key, ext = split_member(member.name)
+            groups.setdefault(key, []).append((ext, member))
+        for key, items in groups.items():
+            yield key, {ext: tar.extractfile(member).read() for ext, member in items}
+
+
+def sample_metadata(key: str, files: dict[str, bytes]) -> dict[str, Any]:
+    """The sample's .json (an object) plus its .txt as `txt` and, if no caption is given, `caption`."""
+    meta: dict[str, Any] = {}
+    if "json" in files:
+        try:
+            loaded = json.loads(files["json"].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{key}.json is not valid JSON ({e})") from None
+        meta.update(loaded if isinstance(loaded, dict) else {"json": loaded})
+    if "txt" in files:
+        text = files["txt"].decode("utf-8", errors="replace").strip()
+        meta["txt"] = text
+        meta.setdefault("caption", text)
+    meta.setdefault("key", key)
+    return meta
+
+
+def read_shard(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
+    """flat_map: a shard row {shard, shard_id, done} -> work rows {"work": ClipWork}."""
+    shard, shard_id, done = row["shard"], row["shard_id"], set(row["done"])
+    started = time.perf_counter()
+    try:
+        for key, files in iter_samples(shard):
+            todo = [v.name for v in job.variants if pair_id(key, v.name) not in done]
+            if not todo:
+                continue
+            video_ext = next((e for e in VIDEO_EXTENSIONS if e in files), "")
+            error = "" if video_ext else f"sample {key!r} has no video ({', '.join('.' + e for e in VIDEO_EXTENSIONS)})"
+            try:
+                meta = sample_metadata(key, files)
+            except ValueError as e:
+                meta, error = {"key": key}, error or str(e)
+            video = files.pop(video_ext, None)
+            for clip, inversion, specs in group_variants(job, todo):
+                work = ClipWork(
+                    shard=shard,
+                    shard_id=shard_id,
+                    key=key,
+                    meta=meta,
+                    files={k: v for k, v in files.items() if k not in ("json", "txt")},
+                    video=video,
+                    video_ext=video_ext,
+                    clip=clip,
+                    inversion_settings=inversion,
+                    variants=[variant_for_sample(spec, key, meta) for spec in specs],
+                    error=error,
+                )
+                work.seconds["read"] = time.perf_counter() - started
+                yield {"work": work}
+                started = time.perf_counter()
+    except Exception as e:  # an unreadable shard: one error row per variant, under an empty key
+        message = f"cannot read shard {shard!r}: {one_line(e)}"
+        yield {"work": shard_error(shard, shard_id, job, message)}
+
+
+def shard_error(shard: str, shard_id: str, job: JobSpec, message: str) -> ClipWork:
+    specs = job.variants
+    return ClipWork(
+        shard=shard,
+        shard_id=shard_id,
+        key="",
+        meta={},
+        files={},
+        video=None,
+        video_ext="",
+        clip=specs[0].clip,
+        inversion_settings=specs[0].inversion,
+        variants=[variant_for_sample(s, "", {}) for s in specs],
+        error=message,
+    )

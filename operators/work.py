@@ -1,0 +1,110 @@
+"""The units of work that flow between the operators, and how a variant becomes concrete for a sample.
+
+A `ClipWork` is one source clip at one geometry / inversion setting, carrying the variants that share
+its inversion. Each operator fills in its part (frames, edited first frames, inversion, edited
+videos) and records failures in `error` fields instead of raising: one bad sample never fails a block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.inversion import Inversion
+from anyv2v_batch.job import EditorSpec, JobSpec, VariantSpec
+from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings
+
+
+@dataclass
+class VariantWork:
+    name: str
+    settings: EditSettings  # prompt rendered, seed derived for this sample
+    editor: EditorSpec
+    edit_prompt: str = ""  # rendered instruction for the editor
+    first_frame: np.ndarray | None = None  # the edited first frame [H, W, 3]
+    frames: np.ndarray | None = None  # the edited clip [F, H, W, 3]
+    error: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ClipWork:
+    shard: str  # the input shard's URL
+    shard_id: str  # its output name
+    key: str
+    meta: dict[str, Any]
+    files: dict[str, bytes]  # the sample's other members by extension (e.g. "edited.png")
+    video: bytes | None
+    video_ext: str
+    clip: ClipSettings
+    inversion_settings: InversionSettings
+    variants: list[VariantWork]
+    frames: np.ndarray | None = None  # decoded source [F, H, W, 3]
+    source: dict[str, Any] = field(default_factory=dict)  # fps, frames, width, height of the file
+    inversion: Inversion | None = None
+    error: str = ""  # a clip-level failure: every variant fails with it
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def pending(self) -> list[VariantWork]:
+        """Variants still being worked on."""
+        return [] if self.error else [v for v in self.variants if not v.error]
+
+
+def pair_id(key: str, variant: str) -> str:
+    """A file-name-safe, stable id of a (sample, variant) pair."""
+    return hashlib.sha256(f"{key}\0{variant}".encode()).hexdigest()[:24]
+
+
+def derive_seed(base: int, key: str, variant: str) -> int:
+    """A per-sample seed from the variant's base seed, the sample key and the variant name."""
+    digest = hashlib.sha256(f"{base}\0{key}\0{variant}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a valid torch seed
+
+
+def render(template: str, meta: dict[str, Any], what: str, key: str) -> str:
+    """Fill `{field}` placeholders from the sample's metadata, with a one-line error if one is missing."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    missing = [f for f in fields if f not in meta]
+    if "" in fields or any(not f.isidentifier() for f in fields if f):
+        raise AnyV2VError(f"{what} template {template!r} may only use named fields like {{caption}}")
+    if missing:
+        have = ", ".join(sorted(meta)) or "none"
+        raise AnyV2VError(
+            f"{what} template needs {{{missing[0]}}}, but sample {key!r} has no {missing[0]!r} in its metadata "
+            f"(it has: {have})"
+        )
+    return template.format_map({k: meta[k] for k in fields})
+
+
+def variant_for_sample(spec: VariantSpec, key: str, meta: dict[str, Any]) -> VariantWork:
+    """The variant made concrete: templates rendered, seed derived. Errors become the variant's error."""
+    seed = derive_seed(spec.seed, key, spec.name)
+    try:
+        prompt = render(spec.edit.prompt, meta, "prompt", key)
+        edit_prompt = render(spec.edit_prompt, meta, "edit_prompt", key) if spec.edit_prompt else ""
+    except AnyV2VError as e:
+        return VariantWork(spec.name, dataclasses.replace(spec.edit, seed=seed), spec.editor, error=str(e))
+    settings = dataclasses.replace(spec.edit, prompt=prompt, seed=seed)
+    return VariantWork(spec.name, settings, spec.editor, edit_prompt=edit_prompt)
+
+
+def group_variants(job: JobSpec, names: list[str]) -> list[tuple[ClipSettings, InversionSettings, list[VariantSpec]]]:
+    """Variants that can share one decoded clip and one inversion, in job order."""
+    groups: dict[tuple, list[VariantSpec]] = {}
+    for spec in job.variants:
+        if spec.name in names:
+            groups.setdefault((spec.clip, spec.inversion), []).append(spec)
+    return [(clip, inv, specs) for (clip, inv), specs in groups.items()]
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line for an error row."""
+    text = str(e).strip().splitlines()
+    message = text[0] if text else ""
+    return message if isinstance(e, AnyV2VError) else f"{type(e).__name__}: {message}"[:500]

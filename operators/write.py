@@ -1,0 +1,161 @@
+"""Write: exactly one output per (clip, variant), durable as soon as it is made, compacted per shard.
+
+Layout under the output folder / URL:
+
+    shards/<shard>.tar            WebDataset: <key>.<variant>.mp4 / .png / .json for every ok pair
+    metadata/<shard>.parquet      one row per (clip, variant): settings, timings, status, error
+    _parts/<shard>/<pair>.tar     a pair finished by a run that has not been compacted yet
+
+Each finished pair is written at once as its own part (named by the pair, so a redo overwrites it
+rather than adding a copy). After the run, each shard's parts are merged with what the shard already
+holds (a part wins over an older row of the same pair) into a new shard tar and Parquet file, written
+to temporary names and renamed; only then are the parts removed. A run that dies at any point leaves
+parts or finished shards, never half files, and the next run picks up from them. Shard tars are
+written in (key, variant) order with fixed member metadata, so the same results give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anyv2v_batch.operators.encode import PairResult
+from anyv2v_batch.operators.storage import atomic_output, atomic_write, filesystem, join, list_files, remove
+from anyv2v_batch.operators.work import pair_id
+
+ROW_SUFFIX = "row.json"  # the metadata row inside a part; never copied into a shard
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def part_bytes(pair: PairResult) -> bytes:
+    buffer = io.BytesIO()
+    base = f"{pair.key}.{pair.variant}"
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for ext in ("json", "mp4", "png"):
+            if ext in pair.files:
+                _add(tar, f"{base}.{ext}", pair.files[ext])
+        _add(tar, f"{base}.{ROW_SUFFIX}", json.dumps(pair.row, sort_keys=True).encode())
+    return buffer.getvalue()
+
+
+def part_url(output: str, shard_id: str, key: str, variant: str) -> str:
+    return join(output, "_parts", shard_id, f"{pair_id(key, variant)}.tar")
+
+
+def write_part(row: dict[str, Any], output: str) -> dict[str, Any]:
+    """map: persist one finished pair; returns a small status row."""
+    pair: PairResult = row["pair"]
+    atomic_write(part_url(output, pair.shard_id, pair.key, pair.variant), part_bytes(pair))
+    return {"shard_id": pair.shard_id, "key": pair.key, "variant": pair.variant, "status": pair.status,
+            "error": pair.error}  # fmt: skip
+
+
+def read_part(url: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(metadata row, {member name: bytes}) of a part."""
+    fs, path = filesystem(url)
+    row, files = None, {}
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read()
+            if member.name.endswith("." + ROW_SUFFIX):
+                row = json.loads(data)
+            else:
+                files[member.name] = data
+    if row is None:
+        raise ValueError(f"part {url} has no metadata row")
+    return row, files
+
+
+def read_metadata(output: str, shard_id: str) -> list[dict[str, Any]]:
+    url = join(output, "metadata", f"{shard_id}.parquet")
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return []
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f).to_pylist()
+
+
+def shards_with_parts(output: str) -> set[str]:
+    """Shards that have pairs waiting to be compacted."""
+    fs, path = filesystem(join(output, "_parts"))
+    if not fs.exists(path):
+        return set()
+    return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p)}
+
+
+def completed_pairs(output: str, shard_id: str) -> set[str]:
+    """Pair ids already ok for a shard: in its compacted metadata or in a part of an interrupted run."""
+    done = {pair_id(r["key"], r["variant"]) for r in read_metadata(output, shard_id) if r["status"] == "ok"}
+    for url in list_files(join(output, "_parts", shard_id), ".tar"):
+        try:
+            row, _ = read_part(url)
+        except Exception:  # noqa: BLE001 - an unreadable part is redone
+            continue
+        if row["status"] == "ok":
+            done.add(pair_id(row["key"], row["variant"]))
+    return done
+
+
+def compact_shard(output: str, shard_id: str) -> dict[str, int]:
+    """Merge a shard's parts into its tar and Parquet file. Idempotent; returns row counts."""
+    parts = list_files(join(output, "_parts", shard_id), ".tar")
+    rows = {(r["key"], r["variant"]): (r, None) for r in read_metadata(output, shard_id)}
+    for url in parts:
+        try:
+            row, _ = read_part(url)
+        except Exception:  # noqa: BLE001 - a torn part (should not happen: parts are atomic) is redone
+            continue
+        rows[(row["key"], row["variant"])] = (row, url)
+    shard_url = join(output, "shards", f"{shard_id}.tar")
+    fs, shard_path = filesystem(shard_url)
+    old = fs.open(shard_path, "rb") if fs.exists(shard_path) else None
+    try:
+        old_tar = tarfile.open(fileobj=old, mode="r:") if old is not None else None
+        old_members = {m.name: m for m in old_tar.getmembers()} if old_tar is not None else {}
+        with atomic_output(shard_url) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as out:
+            for (key, variant), (row, url) in sorted(rows.items()):
+                if row["status"] != "ok":
+                    continue
+                base = f"{key}.{variant}"
+                names = [f"{base}.{ext}" for ext in ("json", "mp4", "png")]
+                if url is not None:
+                    files = read_part(url)[1]
+                else:
+                    files = {n: old_tar.extractfile(old_members[n]).read() for n in names if n in old_members}
+                for name in names:
+                    if name in files:
+                        _add(out, name, files[name])
+    finally:
+        if old is not None:
+            old.close()
+    ordered = [row for _, (row, _) in sorted(rows.items())]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(ordered), buffer)
+    atomic_write(join(output, "metadata", f"{shard_id}.parquet"), buffer.getvalue())
+    for url in parts:
+        remove(url)
+    remove(join(output, "_parts", shard_id))
+    ok = sum(r["status"] == "ok" for r in ordered)
+    return {"rows": len(ordered), "ok": ok, "error": len(ordered) - ok}
+
+
+def read_table(output: str) -> pa.Table:
+    """The whole metadata table of an output (every shard's Parquet file)."""
+    tables = []
+    for url in list_files(join(output, "metadata"), ".parquet"):
+        fs, path = filesystem(url)
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables) if tables else pa.table({})

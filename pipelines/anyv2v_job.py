@@ -1,0 +1,202 @@
+"""The AnyV2V batch job on Ray Data:
+
+    shards -> read -> decode -> editor pool -> inversion pool -> sampler pool -> encode -> parts
+           -> (per shard) compact -> shards/*.tar + metadata/*.parquet
+
+Pairs already done in the output are skipped when the shards are read, so rerunning a job resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.job import JobSpec, PoolSpec
+
+GPU_POOLS = ("editor", "inversion", "sampler")
+
+
+@dataclass
+class JobSummary:
+    output: str
+    shards: int
+    pairs_done_before: int
+    processed: int
+    ok: int
+    errors: int
+    seconds: float
+    error_examples: list[str]
+
+    def line(self) -> str:
+        return (
+            f"{self.processed} (clip, variant) pairs processed: {self.ok} ok, {self.errors} errors; "
+            f"{self.pairs_done_before} already done; {self.shards} shards -> {self.output} in {self.seconds:.1f} s"
+        )
+
+
+def plan_shards(job: JobSpec) -> list[dict[str, Any]]:
+    """The input shards with their output names and the pairs each has done already."""
+    from anyv2v_batch.operators.storage import expand_inputs, shard_id
+    from anyv2v_batch.operators.write import completed_pairs
+
+    urls = expand_inputs(job.input)
+    by_id: dict[str, str] = {}
+    for url in urls:
+        sid = shard_id(url)
+        if sid in by_id:
+            raise AnyV2VError(
+                f"input shards {by_id[sid]!r} and {url!r} would both write output shard {sid!r}; "
+                "give shards unique file names"
+            )
+        by_id[sid] = url
+    return [
+        {"shard": url, "shard_id": sid, "done": sorted(completed_pairs(job.output, sid))} for sid, url in by_id.items()
+    ]
+
+
+def check_job(job: JobSpec) -> None:
+    """Everything that can be checked without models or Ray: editor names, backbone limits, output."""
+    from anyv2v_batch.backbones import backbone_class
+    from anyv2v_batch.editors import editor_class
+
+    backbone_class(job.backbone)
+    for v in job.variants:
+        editor_class(v.editor.name)
+    if any(job.output.rstrip("/") == pattern.rstrip("/") for pattern in job.input):
+        raise AnyV2VError("output is the same as an input; choose another --output")
+
+
+def init_ray(job: JobSpec) -> None:
+    """Connect to the job's cluster (or RAY_ADDRESS), or start an embedded local instance."""
+    import logging
+
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        address = job.ray_address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:  # an embedded local instance: a laptop or one GPU box
+            ray.init(num_cpus=job.ray_num_cpus, **kwargs)
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
+    # rows carry Python work objects: pickled inside Arrow blocks on purpose (say so, skip the warning)
+    context.enable_fallback_to_arrow_object_ext_type = True
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def resolve_pools(job: JobSpec) -> dict[str, PoolSpec]:
+    """Fill in GPUs and CPUs per worker from what the cluster has (explicit job values win)."""
+    import ray
+
+    from anyv2v_batch.editors import editor_class
+
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+    wants_gpu = {
+        "editor": any(editor_class(v.editor.name).needs_gpu for v in job.variants),
+        "inversion": True,
+        "sampler": True,
+    }
+    use_gpus = gpus > 0 and job.device != "cpu"
+    pools = {}
+    for name in ("decode", *GPU_POOLS, "encode"):
+        pool = job.pool(name)
+        if name in GPU_POOLS and pool.num_gpus is None:
+            pool = dataclasses.replace(pool, num_gpus=1.0 if use_gpus and wants_gpu[name] else 0.0)
+        if name not in GPU_POOLS:
+            pool = dataclasses.replace(pool, num_gpus=0.0)
+        pools[name] = pool
+    # CPU-only: actors that sit on a CPU each must fit beside the others and the decode/encode tasks
+    on_cpu = [n for n in GPU_POOLS if not pools[n].num_gpus]
+    demand = sum(pools[n].num_cpus * pools[n].size for n in on_cpu) + pools["decode"].num_cpus
+    if on_cpu and demand > cpus and not job.ray_address:
+        share = max(0.1, cpus / (sum(pools[n].size for n in on_cpu) + 1))
+        for n in on_cpu:
+            pools[n] = dataclasses.replace(pools[n], num_cpus=min(pools[n].num_cpus, share))
+        for n in ("decode", "encode"):
+            pools[n] = dataclasses.replace(pools[n], num_cpus=min(pools[n].num_cpus, share))
+    return pools
+
+
+def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, PoolSpec]):
+    import ray.data
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    from anyv2v_batch.operators.decode import decode_clip
+    from anyv2v_batch.operators.editor_pool import EditorPool
+    from anyv2v_batch.operators.encode import encode_pairs
+    from anyv2v_batch.operators.inversion_pool import InversionPool
+    from anyv2v_batch.operators.read_shards import read_shard
+    from anyv2v_batch.operators.sampler_pool import SamplerPool
+    from anyv2v_batch.operators.write import write_part
+
+    def actors(ds, cls, name: str):
+        pool = pools[name]
+        return ds.map_batches(
+            cls,
+            compute=ActorPoolStrategy(size=pool.size),
+            batch_size=pool.batch_size,
+            num_gpus=pool.num_gpus,
+            num_cpus=pool.num_cpus,
+            fn_constructor_kwargs={"job": job, "num_cpus": pool.num_cpus},
+        )
+
+    decode, encode = pools["decode"], pools["encode"]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.flat_map(read_shard, fn_kwargs={"job": job}, num_cpus=decode.num_cpus)
+    ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
+    ds = actors(ds, EditorPool, "editor")
+    ds = actors(ds, InversionPool, "inversion")
+    ds = actors(ds, SamplerPool, "sampler")
+    ds = ds.flat_map(encode_pairs, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
+    return ds.map(
+        write_part, fn_kwargs={"output": job.output}, num_cpus=encode.num_cpus, compute=TaskPoolStrategy(encode.size)
+    )
+
+
+def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSummary:
+    """Run (or resume) a job to completion and compact its output."""
+    import ray
+
+    from anyv2v_batch.operators.storage import join, remove_if_empty
+    from anyv2v_batch.operators.write import compact_shard, shards_with_parts
+
+    started = time.perf_counter()
+    check_job(job)
+    items = plan_shards(job)
+    done_before = sum(len(i["done"]) for i in items)
+    log(f"{len(items)} input shards; {done_before} (clip, variant) pairs already done in {job.output}")
+    init_ray(job)
+    pools = resolve_pools(job)
+    counts: Counter[str] = Counter()
+    examples: list[str] = []
+    for row in build_dataset(job, items, pools).iter_rows():
+        counts[row["status"]] += 1
+        if row["status"] == "error" and len(examples) < 5:
+            examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
+    compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
+    wanted = {i["shard_id"] for i in items}
+    pending = [compact.remote(job.output, sid) for sid in sorted(shards_with_parts(job.output) & wanted)]
+    ray.get(pending)
+    remove_if_empty(join(job.output, "_parts"))
+    return JobSummary(
+        output=job.output,
+        shards=len(items),
+        pairs_done_before=done_before,
+        processed=counts["ok"] + counts["error"],
+        ok=counts["ok"],
+        errors=counts["error"],
+        seconds=time.perf_counter() - started,
+        error_examples=examples,
+    )
