@@ -56,8 +56,15 @@ def _check_output(source: Path, output: Path, overwrite: bool) -> None:
 @app.command()
 def edit(
     source: Annotated[Path, typer.Argument(help="Source video file (decord) or folder of frame images.")],
-    first_frame: Annotated[Path, typer.Option("--first-frame", help="The edited first frame (an image).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="OUT.mp4 (H.264) or a folder (PNG frames).")],
+    first_frame: Annotated[
+        Path | None, typer.Option("--first-frame", help="The edited first frame (for --editor provided).")
+    ] = None,
+    editor: Annotated[str, typer.Option(help="First-frame editor (see `anyv2v-batch editors`).")] = "provided",
+    edit_prompt: Annotated[str, typer.Option(help="Instruction for the first-frame editor.")] = "",
+    editor_option: Annotated[
+        list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")
+    ] = None,
     prompt: Annotated[str, typer.Option(help="Prompt describing the edited video.")] = "",
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt.")] = OFFICIAL_NEGATIVE_PROMPT,
     inversion_prompt: Annotated[str, typer.Option(help="Prompt for DDIM inversion (the source branch).")] = "",
@@ -107,8 +114,7 @@ def edit(
     ).validate()
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
-    if not first_frame.exists():
-        raise AnyV2VError(f"--first-frame {str(first_frame)!r} does not exist")
+    options = _editor_options(editor, editor_option, first_frame, edit_prompt)
     _check_output(source, output, overwrite)
 
     from .backbones import backbone_class, load_backbone
@@ -116,12 +122,14 @@ def edit(
     from .loading import quiet_libraries
     from .pnp_edit import check_inversion_serves, plan_sampling, prepare_first_frame
     from .pnp_edit import edit as run_edit
-    from .video_io import read_image, read_source, write_video
+    from .video_io import read_source, write_video
 
     backbone_cls = backbone_class(backbone)
     clip = read_source(source, frames, fps, width, height, resize)  # type: ignore[arg-type]
-    edited = prepare_first_frame(read_image(first_frame), width, height)
     quiet_libraries()
+    edited = prepare_first_frame(
+        _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet), width, height
+    )
     _say(quiet, f"loading {backbone} from {model or backbone_cls.default_model}")
     bb = load_backbone(backbone, model, device=device, dtype=dtype, variant=variant)
     bb.check_clip(clip_settings)
@@ -140,6 +148,96 @@ def edit(
         f"wrote {output} ({frames} frames, {width}x{height}, {fps:g} fps): inversion {t1 - t0:.1f} s, "
         f"edit {t2 - t1:.1f} s, total {time.perf_counter() - started:.1f} s",
     )
+
+
+def _editor_options(
+    editor: str, pairs: list[str] | None, first_frame: Path | None, edit_prompt: str
+) -> dict[str, object]:
+    """The editor's options from --editor-option KEY=VALUE, --first-frame and --edit-prompt."""
+    from .editors import editor_class
+    from .job import parse_set
+
+    editor_class(editor)  # an unknown editor fails here, before any work
+    options: dict[str, object] = parse_set(pairs or [], flag="--editor-option")
+    if editor == "provided":
+        if first_frame is None and "image" not in options:
+            raise AnyV2VError("--first-frame is required with --editor provided (or choose another --editor)")
+        if first_frame is not None:
+            if not first_frame.exists():
+                raise AnyV2VError(f"--first-frame {str(first_frame)!r} does not exist")
+            options["image"] = str(first_frame)
+    elif first_frame is not None:
+        raise AnyV2VError(f"--first-frame is for --editor provided; {editor!r} makes the edited frame itself")
+    if edit_prompt:
+        options["instruction"] = edit_prompt
+    return options
+
+
+def _run_editor(editor: str, options: dict, frame, source: Path, seed: int, device: str, dtype: str, quiet: bool):
+    from .editors import SampleContext, load_editor
+
+    if editor != "provided":
+        _say(quiet, f"editing the first frame with {editor}")
+    return load_editor(editor, device=device, dtype=dtype).edit(frame, options, SampleContext(source.stem, seed=seed))
+
+
+@app.command("edit-frame")
+def edit_frame(
+    source: Annotated[Path, typer.Argument(help="Source video file or folder of frames (its first frame is edited).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The edited frame, a .png file.")],
+    editor: Annotated[str, typer.Option(help="First-frame editor (see `anyv2v-batch editors`).")] = "provided",
+    edit_prompt: Annotated[str, typer.Option(help="Instruction for the editor.")] = "",
+    editor_option: Annotated[
+        list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")
+    ] = None,
+    first_frame: Annotated[Path | None, typer.Option("--first-frame", help="For --editor provided.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 8888,
+    fps: Annotated[float, typer.Option(help="As for `edit` (the first frame does not depend on it).")] = 8.0,
+    width: Annotated[int, typer.Option(help="Width in pixels (multiple of 8).")] = 512,
+    height: Annotated[int, typer.Option(help="Height in pixels (multiple of 8).")] = 512,
+    resize: Annotated[str, typer.Option(help="stretch (official), crop or pad.")] = "stretch",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Write only the edited first frame of SOURCE, to try editors quickly."""
+    _DEBUG["on"] = debug
+    ClipSettings(frames=2, fps=fps, width=width, height=height, resize=resize).validate()
+    if not source.exists():
+        raise AnyV2VError(f"source {str(source)!r} does not exist")
+    if output.suffix.lower() != ".png":
+        raise AnyV2VError(f"output {str(output)!r}: edit-frame writes a .png file")
+    if output.exists() and not overwrite:
+        raise AnyV2VError(f"output {str(output)!r} already exists; pass --overwrite to replace it")
+    if output.resolve() == source.resolve():
+        raise AnyV2VError(f"output {str(output)!r} is the source itself; choose another -o path")
+    options = _editor_options(editor, editor_option, first_frame, edit_prompt)
+
+    from .loading import quiet_libraries
+    from .pnp_edit import prepare_first_frame
+    from .video_io import atomic_write_bytes, encode_png, read_source
+
+    clip = read_source(source, 1, fps, width, height, resize)  # type: ignore[arg-type]
+    quiet_libraries()
+    edited = _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet)
+    atomic_write_bytes(output, encode_png(prepare_first_frame(edited, width, height)))
+    _say(quiet, f"wrote {output} ({width}x{height})")
+
+
+@app.command()
+def editors() -> None:
+    """List every first-frame editor and its options (plug-ins included)."""
+    from .editors import available_editors
+
+    for info in available_editors():
+        if info.error:
+            typer.echo(f"{info.name} [{info.source}]: cannot be loaded: {info.error}")
+            continue
+        typer.echo(f"{info.name} [{info.source}]: {info.cls.description}")
+        for option, text in info.cls.options.items():
+            typer.echo(f"    {option}: {text}")
 
 
 # flag -> job field it overrides (`run`); only flags given on the command line override
@@ -161,6 +259,9 @@ def run(
     output: Annotated[str | None, typer.Option(help="Output folder or URL.")] = None,
     editor: Annotated[str | None, typer.Option(help="First-frame editor (e.g. provided).")] = None,
     edit_prompt: Annotated[str | None, typer.Option(help="Instruction for the first-frame editor.")] = None,
+    editor_option: Annotated[
+        list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")
+    ] = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt; may template metadata, e.g. '{caption}'.")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
     inversion_prompt: Annotated[str | None, typer.Option(help="Inversion prompt.")] = None,
@@ -201,6 +302,7 @@ def run(
         "dtype": dtype, "address": address,
     }  # fmt: skip
     overrides: dict = parse_set(set_ or [])
+    overrides |= {f"editor.options.{k}": v for k, v in parse_set(editor_option or [], "--editor-option").items()}
     overrides |= {RUN_FLAGS[k]: v for k, v in given.items() if v is not None}
     if input:
         overrides["input"] = list(input)

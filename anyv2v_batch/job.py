@@ -196,6 +196,8 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
     """Validate a parsed job (plus command-line overrides, which win everywhere) into a JobSpec."""
     raw = dict(_mapping(where, "", raw))
     overrides = overrides or {}
+    if isinstance(raw.get("editor"), str):
+        raw["editor"] = {"name": raw["editor"]}
     for dotted, value in overrides.items():
         set_path(raw, dotted, value)
     for key in raw:
@@ -216,8 +218,9 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         raw_variants = [{"name": "edit"}]
     if not isinstance(raw_variants, list) or not raw_variants:
         raise _fail(where, "variants", "must be a non-empty list")
-    # a command-line override of a section field beats what a variant says
-    section_overrides = {k: v for k, v in overrides.items() if k.split(".")[0] in SECTIONS}
+    # a command-line override of a section field or the editor beats what a variant says
+    per_variant = (*SECTIONS, "editor", "edit_prompt")
+    section_overrides = {k: v for k, v in overrides.items() if k.split(".")[0] in per_variant}
 
     variants = []
     for i, rv in enumerate(raw_variants):
@@ -231,6 +234,8 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
             if "prompt" in edit:
                 raise _fail(where, f"{path}.prompt", "is given twice (also as edit.prompt)")
             rv["edit"] = {**edit, "prompt": rv.pop("prompt")}
+        if isinstance(rv.get("editor"), str):
+            rv["editor"] = {"name": rv["editor"]}
         for dotted, value in section_overrides.items():
             set_path(rv, dotted, value)
         name = rv.get("name")
@@ -303,13 +308,13 @@ def load_job(path: str | Path | None, overrides: dict[str, Any] | None = None) -
     return build_job(raw if raw is not None else {}, str(path), overrides)
 
 
-def parse_set(assignments: list[str]) -> dict[str, Any]:
+def parse_set(assignments: list[str], flag: str = "--set") -> dict[str, Any]:
     """`--set a.b=value` pairs; values are YAML (numbers, booleans, lists, strings)."""
     out = {}
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise JobError(f"--set {item!r}: expected PATH=VALUE, e.g. pools.sampler.size=4")
+            raise JobError(f"{flag} {item!r}: expected KEY=VALUE, e.g. pools.sampler.size=4")
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:

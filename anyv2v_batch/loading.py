@@ -40,14 +40,18 @@ def _missing(model: str, what: str, detail: str = "") -> AnyV2VError:
     return AnyV2VError(f"cannot load {what} of model {model!r}: {fix}")
 
 
-def load_component(cls: type, model: str, subfolder: str, **kwargs: Any) -> Any:
-    """`cls.from_pretrained(model, subfolder=...)` with weight problems as `AnyV2VError`."""
+def load_component(cls: type, model: str, subfolder: str | None, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(model, subfolder=...)` with weight problems as `AnyV2VError`.
+
+    subfolder None: a whole pipeline, or a model stored at the top of the folder / repo."""
     model = str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model
+    if subfolder is not None:
+        kwargs["subfolder"] = subfolder
     try:
-        return cls.from_pretrained(model, subfolder=subfolder, **kwargs)
+        return cls.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _missing(model, f"the {subfolder}", first[:200]) from e
+        raise _missing(model, f"the {subfolder}" if subfolder else "the weights", first[:200]) from e
 
 
 def load_json(model: str, subfolder: str, filename: str) -> dict:

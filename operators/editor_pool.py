@@ -36,7 +36,7 @@ class EditorPool:
                     options = dict(variant.editor.options)
                     if variant.edit_prompt:
                         options["instruction"] = variant.edit_prompt
-                    context = SampleContext(work.key, work.meta, work.files)
+                    context = SampleContext(work.key, work.meta, work.files, seed=variant.settings.seed)
                     edited = self.editor(variant.editor.name).edit(work.frames[0], options, context)
                     variant.first_frame = prepare_first_frame(edited, work.clip.width, work.clip.height)
                 except Exception as e:  # noqa: BLE001 - an editor failure fails this variant only

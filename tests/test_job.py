@@ -76,7 +76,7 @@ def test_bad_fields_are_named(raw, message):
 def test_set_parses_yaml_values():
     assert parse_set(["pools.sampler.size=4", "edit.prompt=a b", "clip.fps=7.5", "input=[a.tar, b.tar]"]) == {
         "pools.sampler.size": 4, "edit.prompt": "a b", "clip.fps": 7.5, "input": ["a.tar", "b.tar"]}  # fmt: skip
-    with pytest.raises(JobError, match="expected PATH=VALUE"):
+    with pytest.raises(JobError, match="expected KEY=VALUE"):
         parse_set(["novalue"])
 
 

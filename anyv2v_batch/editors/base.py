@@ -21,6 +21,7 @@ class SampleContext:
     key: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes, e.g. "edited.png"
+    seed: int = 42  # the variant's seed for this sample, for editors that sample
 
 
 class FirstFrameEditor(ABC):
@@ -32,7 +33,11 @@ class FirstFrameEditor(ABC):
     needs_gpu: ClassVar[bool] = False  # whether the editor pool should hold GPUs for it
 
     def __init__(self, device: str = "auto", dtype: str = "auto", **load_options: Any) -> None:
-        self.device, self.dtype, self.load_options = device, dtype, load_options
+        from ..loading import resolve_device, resolve_dtype
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.load_options = load_options
 
     @abstractmethod
     def edit(self, frame: np.ndarray, options: dict[str, Any], sample: SampleContext) -> np.ndarray:
