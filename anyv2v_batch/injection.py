@@ -10,7 +10,7 @@ is the i-th equal slice of the leading axis.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,7 @@ class BranchPlan:
 
     def apply(self, output: torch.Tensor) -> None:
         """Copy source slices over target slices of `output`, in place."""
+        # [num_branches * per_branch, ...] viewed as [num_branches, per_branch, ...]: the copies land in output
         branches = output.unflatten(0, (self.num_branches, -1))
         for source, targets in self.copies:
             for target in targets:
@@ -36,12 +37,11 @@ class BranchPlan:
 
 
 class FeatureInjector:
-    """Forward hooks that inject the source branch's features, switched per sampling step.
+    """Forward hooks that inject source-branch features, switched per sampling step.
 
     with FeatureInjector(unet, positions) as injector:
-        injector.configure(BranchPlan.one_source(3))
         for t in timesteps:
-            injector.set_step(t, {"conv", "spatial"})  # the kinds whose window contains t
+            injector.set_step(t, {"conv": plan, "spatial": plan})  # kinds injecting at t, and how
             unet(...)
     """
 
@@ -52,8 +52,7 @@ class FeatureInjector:
             raise ValueError(f"injection positions not found in the UNet: {', '.join(missing)}")
         self._targets = [(kind, modules[p]) for kind, paths in positions.items() for p in paths]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self.plan: BranchPlan | None = None
-        self.active: frozenset[str] = frozenset()
+        self.plans: Mapping[str, BranchPlan] = {}
         self.t: int | None = None
         self.fired: set[tuple[str, int]] = set()  # (kind, timestep) pairs that injected, for checks
 
@@ -67,16 +66,15 @@ class FeatureInjector:
             handle.remove()
         self._handles.clear()
 
-    def configure(self, plan: BranchPlan | None) -> None:
-        self.plan = plan
-
-    def set_step(self, t: int, active: Iterable[str]) -> None:
-        self.t, self.active = int(t), frozenset(active)
+    def set_step(self, t: int, plans: Mapping[str, BranchPlan]) -> None:
+        """The kinds that inject at timestep t, each with its plan (kinds not given do nothing)."""
+        self.t, self.plans = int(t), {k: p for k, p in plans.items() if p.copies}
 
     def _hook(self, kind: str):
         def hook(module: torch.nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-            if self.plan is not None and kind in self.active:
-                self.plan.apply(output)
+            plan = self.plans.get(kind)
+            if plan is not None:
+                plan.apply(output)
                 self.fired.add((kind, self.t))
             return output
 

@@ -124,32 +124,67 @@ def invert(
     latents: the clip's clean latents [1, C, F, h, w], if already encoded.
     on_step(i, t, latent): called with each inverted latent as it is produced.
     """
+    step_hook = None if on_step is None else (lambda c, i, t, x: on_step(i, t, x))
+    return invert_batch(
+        backbone, [frames], settings, fps=fps, keep=keep, latents=None if latents is None else [latents],
+        on_step=step_hook,
+    )[0]  # fmt: skip
+
+
+@torch.inference_mode()
+def invert_batch(
+    backbone: Backbone,
+    clips: list[np.ndarray],
+    settings: InversionSettings = InversionSettings(),
+    fps: float = 8.0,
+    keep: Iterable[int] | None = None,
+    latents: list[torch.Tensor] | None = None,
+    on_step: Callable[[int, int, int, torch.Tensor], None] | None = None,
+) -> list[Inversion]:
+    """Several clips of one shape inverted in the same UNet calls; each equals its inversion alone.
+
+    on_step(clip, i, t, latent) is called with each inverted latent as it is produced.
+    """
     settings.validate()
-    frames = np.stack([as_rgb_array(f) for f in frames])
-    num_frames, height, width = frames.shape[:3]
+    clips = [np.stack([as_rgb_array(f) for f in frames]) for frames in clips]
+    if len({c.shape for c in clips}) != 1:
+        raise ValueError("invert_batch needs clips of one shape")
+    num_frames, height, width = clips[0].shape[:3]
     backbone.check_clip(ClipSettings(frames=num_frames, fps=fps, width=width, height=height).validate())
-    first = frames[0]
-    cond = backbone.condition(inversion_branches(first, settings), num_frames, fps)
+    firsts = [c[0] for c in clips]
+    per_clip = [inversion_branches(first, settings) for first in firsts]
+    # guidance batches [negatives..., positives...] so that the two halves line up with [x, x]
+    branches = [b for k in range(len(per_clip[0])) for branches in per_clip for b in branches[k : k + 1]]
+    cond = backbone.condition(branches, num_frames, fps)
 
     scheduler = backbone.scheduler(inverse=True)
     timesteps = set_schedule(scheduler, settings.steps, "--inversion-steps")
     wanted = None if keep is None else {int(t) for t in keep}
 
-    x = backbone.encode_video(frames) if latents is None else latents.to(backbone.device, torch.float32)
-    kept_t, kept_x = [], []
+    if latents is None:
+        x = torch.cat([backbone.encode_video(c) for c in clips])
+    else:
+        x = torch.cat([lat.to(backbone.device, torch.float32) for lat in latents])
+    kept_t: list[int] = []
+    kept_x: list[list[torch.Tensor]] = [[] for _ in clips]
     for i, t in enumerate(timesteps):
         v = guided_prediction(backbone, x, t, cond, settings.guidance_scale)
         x = scheduler.step(v, t, x).prev_sample
         if on_step is not None:
-            on_step(i, t, x)
+            for c in range(len(clips)):
+                on_step(c, i, t, x[c : c + 1])
         if wanted is None or t in wanted:
             kept_t.append(t)
-            kept_x.append(x[0].to("cpu", torch.float32))
-    return Inversion(
-        backbone=backbone.name,
-        timesteps=tuple(kept_t),
-        latents=torch.stack(kept_x) if kept_x else torch.empty(0),
-        source_first_frame=first,
-        fps=fps,
-        settings=settings,
-    )
+            for c in range(len(clips)):
+                kept_x[c].append(x[c].to("cpu", torch.float32))
+    return [
+        Inversion(
+            backbone=backbone.name,
+            timesteps=tuple(kept_t),
+            latents=torch.stack(kept_x[c]) if kept_t else torch.empty(0),
+            source_first_frame=firsts[c],
+            fps=fps,
+            settings=settings,
+        )
+        for c in range(len(clips))
+    ]

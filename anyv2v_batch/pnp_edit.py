@@ -106,6 +106,20 @@ def edit_branches(inversion: Inversion, first_frame: np.ndarray, settings: EditS
     return branches
 
 
+@dataclass
+class EditRequest:
+    """One edit of one inverted clip: its edited first frame and settings."""
+
+    inversion: Inversion
+    first_frame: np.ndarray  # the edited first frame (fitted to the clip size)
+    settings: EditSettings
+
+
+def batch_key(request: EditRequest) -> tuple:
+    """Requests with equal keys can share UNet calls: one schedule, one latent shape."""
+    return (request.settings.steps, request.settings.init_step, tuple(request.inversion.latents.shape[1:]))
+
+
 @torch.inference_mode()
 def edit(
     backbone: Backbone,
@@ -126,51 +140,140 @@ def edit(
       (the official code computes it at every step and discards it; outputs are unchanged).
     on_step(i, t, latent): called with the editing branch's latent entering each UNet call.
     """
-    settings.validate()
-    if inversion.backbone != backbone.name:
-        raise AnyV2VError(f"the inversion was made with {inversion.backbone}, not {backbone.name}; invert again")
-    width, height = inversion.size
-    frame = prepare_first_frame(edited_first_frame, width, height)
+    step_hook = None if on_step is None else (lambda r, i, t, x: on_step(i, t, x))
+    request = EditRequest(inversion, edited_first_frame, settings)
+    return edit_batch(
+        backbone, [request], decode=decode, inject=inject, trim_source=trim_source, positions=positions,
+        on_step=step_hook,
+    )[0]  # fmt: skip
+
+
+@torch.inference_mode()
+def edit_batch(
+    backbone: Backbone,
+    requests: list[EditRequest],
+    *,
+    decode: bool = True,
+    inject: bool = True,
+    trim_source: bool = True,
+    positions: dict[str, tuple[str, ...]] | None = None,
+    on_step: Callable[[int, int, int, torch.Tensor], None] | None = None,
+) -> list[EditResult]:
+    """Several edits in the same UNet calls; each result equals its edit alone (to float rounding).
+
+    Requests of one clip (the same `Inversion` object) share its source branch, so a clip with V
+    variants costs 1 + 2V batch entries per step instead of 3V. All requests need the same schedule
+    and latent shape (group them by `batch_key`). on_step(request, i, t, latent) is called with each
+    editing latent entering each UNet call.
+    """
+    for r in requests:
+        r.settings.validate()
+        if r.inversion.backbone != backbone.name:
+            raise AnyV2VError(f"the inversion was made with {r.inversion.backbone}, not {backbone.name}; invert again")
+    if len({batch_key(r) for r in requests}) != 1:
+        raise ValueError("edit_batch needs one schedule and one latent shape; group requests by batch_key")
     scheduler = backbone.scheduler()
-    plan = plan_sampling(scheduler, settings, inject=inject, trim_source=trim_source)
-    run, windows, last_source_step = plan.run, plan.windows, plan.last_source_step
-    for t in plan.needed:
-        inversion.at(t)  # fail before any work if the inversion lacks a needed timestep
+    plans = [plan_sampling(scheduler, r.settings, inject=inject, trim_source=trim_source) for r in requests]
+    for r, plan in zip(requests, plans, strict=True):
+        for t in plan.needed:
+            r.inversion.at(t)  # fail before any work if an inversion lacks a needed timestep
+    run = plans[0].run
 
-    all_branches = edit_branches(inversion, frame, settings)
-    n = len(all_branches) - 1  # branches that are sampled: [negative,] editing
-    cond_all = backbone.condition(all_branches, inversion.num_frames, inversion.fps)
-    cond_plain = {k: v[1:] for k, v in cond_all.items()}
+    # clips in first-appearance order; each carries its source branch while any of its edits injects
+    clips: list[Inversion] = []
+    clip_of: list[int] = []
+    for r in requests:
+        index = next((i for i, c in enumerate(clips) if c is r.inversion), None)
+        if index is None:
+            clips.append(r.inversion)
+            index = len(clips) - 1
+        clip_of.append(index)
+    members = [[j for j, c in enumerate(clip_of) if c == i] for i in range(len(clips))]
+    last_source = [max(plans[j].last_source_step for j in m) for m in members]
 
-    generator = torch.Generator("cpu").manual_seed(settings.seed)
-    x = inversion.at(run[0]).to(backbone.device)
-    if settings.random_ratio > 0:
-        noise = torch.randn(x.shape, generator=generator).to(x.device)
-        x = noise * settings.random_ratio + x * (1 - settings.random_ratio)
+    # conditioning rows: per clip [source, (negative,) editing, (negative,) editing, ...]
+    frames = [prepare_first_frame(r.first_frame, *r.inversion.size) for r in requests]
+    cond_parts, source_row, neg_row, edit_row, row = [], {}, {}, {}, 0
+    for c, clip in enumerate(clips):
+        branches = [Branch(clip.settings.prompt, clip.source_first_frame)]
+        source_row[c], row = row, row + 1
+        for j in members[c]:
+            for b in edit_branches(clip, frames[j], requests[j].settings)[1:]:
+                branches.append(b)
+                if b.image_embedding:
+                    edit_row[j] = row
+                else:
+                    neg_row[j] = row
+                row += 1
+        cond_parts.append(backbone.condition(branches, clip.num_frames, clip.fps))
+    cond_all = {k: torch.cat([p[k] for p in cond_parts]) for k in cond_parts[0]}
+
+    generators = [torch.Generator("cpu").manual_seed(r.settings.seed) for r in requests]
+    xs = []
+    for r, g in zip(requests, generators, strict=True):
+        x = r.inversion.at(run[0]).to(backbone.device)
+        if r.settings.random_ratio > 0:
+            noise = torch.randn(x.shape, generator=g).to(x.device)
+            x = noise * r.settings.random_ratio + x * (1 - r.settings.random_ratio)
+        xs.append(x)
 
     positions = backbone.injection_positions if positions is None else positions
-    entries = 0
+    entries = [0] * len(requests)
+    cond_cache: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
     with FeatureInjector(backbone.unet, positions) as injector:
-        injector.configure(BranchPlan.one_source(n + 1))
         for i, t in enumerate(run):
-            if on_step is not None:
-                on_step(i, t, x)
-            with_source = i <= last_source_step
-            if with_source:
-                batch = torch.cat([inversion.at(t).to(x.device), *[x] * n])
-                injector.set_step(t, [k for k, w in windows.items() if t in w])
-                out = backbone.predict(batch, t, cond_all)[1:]
-            else:
-                injector.set_step(t, ())
-                out = backbone.predict(torch.cat([x] * n), t, cond_plain)
-            entries += out.shape[0] + with_source
-            if settings.uses_guidance:
-                neg, pos = out.chunk(2)
-                out = neg + settings.guidance_scale * (pos - neg)
-            x = scheduler.step(out, t, x, eta=settings.eta, generator=generator).prev_sample
+            rows, latents, pos, copies = [], [], {}, {k: [] for k in INJECTION_KINDS}
+            for c, clip in enumerate(clips):
+                with_source = i <= last_source[c]
+                if with_source:
+                    src = len(rows)
+                    rows.append(source_row[c])
+                    latents.append(clip.at(t).to(xs[0].device))
+                    entries[members[c][0]] += 1
+                for j in members[c]:
+                    if on_step is not None:
+                        on_step(j, i, t, xs[j])
+                    own = []
+                    for table in (neg_row, edit_row):
+                        if j in table:
+                            own.append(len(rows))
+                            rows.append(table[j])
+                            latents.append(xs[j])
+                    pos[j] = own
+                    entries[j] += len(own)
+                    if with_source:
+                        for kind in INJECTION_KINDS:
+                            if t in plans[j].windows[kind]:
+                                copies[kind].append((src, tuple(own)))
+            key = tuple(rows)
+            if key not in cond_cache:
+                index = torch.tensor(rows, device=cond_all["fps"].device)
+                cond_cache[key] = {k: v.index_select(0, index.to(v.device)) for k, v in cond_all.items()}
+            injector.set_step(t, {k: BranchPlan(len(rows), tuple(v)) for k, v in copies.items()})
+            out = backbone.predict(torch.cat(latents), t, cond_cache[key])
+            for j, r in enumerate(requests):
+                if r.settings.uses_guidance:
+                    neg, pos_out = out[pos[j][0] : pos[j][0] + 1], out[pos[j][1] : pos[j][1] + 1]
+                    v = neg + r.settings.guidance_scale * (pos_out - neg)
+                else:
+                    v = out[pos[j][0] : pos[j][0] + 1]
+                xs[j] = scheduler.step(v, t, xs[j], eta=r.settings.eta, generator=generators[j]).prev_sample
         fired = injector.fired
 
-    latents = x.to("cpu", torch.float32)
-    frames = to_uint8_frames(backbone.decode_video(x)) if decode else None
-    injected = {k: sorted({t for kind, t in fired if kind == k}, reverse=True) for k in INJECTION_KINDS}
-    return EditResult(latents, frames, run, injected, entries)
+    latents_out = torch.cat(xs)
+    decoded = to_uint8_batch(backbone.decode_video(latents_out)) if decode else [None] * len(requests)
+    results = []
+    for j in range(len(requests)):
+        with_source = run[: last_source[clip_of[j]] + 1]
+        injected = {
+            k: [t for t in with_source if t in plans[j].windows[k] and (k, t) in fired] for k in INJECTION_KINDS
+        }
+        results.append(
+            EditResult(latents_out[j : j + 1].to("cpu", torch.float32), decoded[j], run, injected, entries[j])
+        )
+    return results
+
+
+def to_uint8_batch(video: torch.Tensor) -> list[np.ndarray]:
+    """[B, 3, F, H, W] in [-1, 1] -> B arrays [F, H, W, 3] uint8."""
+    return [to_uint8_frames(video[b : b + 1]) for b in range(video.shape[0])]

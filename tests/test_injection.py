@@ -42,8 +42,7 @@ def test_hooks_are_gone_after_the_block(tiny_backbone, case_a):
     settings = case_a.edit_settings()
     before = edit(tiny_backbone, inv, case_a.edited, settings, decode=False).latents
     with FeatureInjector(tiny_backbone.unet, I2VGenXL.injection_positions) as injector:
-        injector.configure(BranchPlan.one_source(2))
-        injector.set_step(0, ("conv", "spatial", "temporal"))
+        injector.set_step(0, {k: BranchPlan.one_source(2) for k in ("conv", "spatial", "temporal")})
     assert all(not m._forward_hooks for m in tiny_backbone.unet.modules())
     after = edit(tiny_backbone, inv, case_a.edited, settings, decode=False).latents
     assert torch.equal(before, after)
@@ -143,3 +142,39 @@ def test_schedules_the_inversion_cannot_serve_are_refused_before_work(tiny_backb
         edit(tiny_backbone, inv, case_a.edited, EditSettings(steps=10))
     with pytest.raises(AnyV2VError, match="beyond the model's last timestep 999"):
         invert(tiny_backbone, case_a.frames[:4], InversionSettings(steps=1000), fps=8)
+
+
+def test_variants_share_one_source_branch_and_clips_share_calls(tiny_backbone, case_a):
+    """[source, neg1, edit1, edit2 (guidance 1), neg3, edit3] for one clip plus a second clip, all in the
+    same UNet calls: every result equals its edit alone, at fewer batch entries."""
+    from anyv2v_batch.pnp_edit import EditRequest, edit_batch
+
+    inv = case_a.reference_inversion()
+    other = Inversion("i2vgen-xl", inv.timesteps, inv.latents.flip(-1).contiguous(), case_a.frames[3], 8.0,
+                      inv.settings)  # fmt: skip
+    variants = [
+        (inv, case_a.edited, case_a.edit_settings()),
+        (inv, case_a.frames[0], case_a.edit_settings(guidance_scale=1.0, pnp_conv=0.5, prompt="a cat", seed=3)),
+        (inv, case_a.edited[::-1], case_a.edit_settings(guidance_scale=5.0, pnp_temporal=0.0, eta=0.5, seed=4)),
+        (other, case_a.edited, case_a.edit_settings(pnp_spatial=0.6)),
+    ]
+    alone = [edit(tiny_backbone, i, f, s, decode=False) for i, f, s in variants]
+    together = edit_batch(tiny_backbone, [EditRequest(i, f, s) for i, f, s in variants], decode=False)
+    for a, b in zip(alone, together, strict=True):
+        assert rel_err(b.latents, a.latents) < 1e-5
+        assert b.injected == a.injected
+    assert sum(r.unet_batch_entries for r in together) < sum(r.unet_batch_entries for r in alone)
+    assert rel_err(together[0].latents, together[3].latents) > 0.01  # different clips stay different
+
+
+def test_clips_inverted_together_equal_each_alone(tiny_backbone, case_a):
+    from anyv2v_batch.inversion import invert_batch
+
+    clips = [case_a.frames[:6], case_a.frames[2:8][::-1]]
+    for settings in (InversionSettings(steps=12), InversionSettings(steps=12, guidance_scale=3.0, prompt="a car")):
+        together = invert_batch(tiny_backbone, clips, settings, fps=8)
+        for clip, inv in zip(clips, together, strict=True):
+            alone = invert(tiny_backbone, clip, settings, fps=8)
+            assert inv.timesteps == alone.timesteps
+            assert rel_err(inv.latents, alone.latents) < 1e-5
+            assert np.array_equal(inv.source_first_frame, clip[0])
