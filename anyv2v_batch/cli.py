@@ -91,6 +91,7 @@ def edit(
     dtype: Annotated[
         str, typer.Option(help="auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16.")
     ] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (pays off on long runs).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
@@ -133,6 +134,8 @@ def edit(
     _say(quiet, f"loading {backbone} from {model or backbone_cls.default_model}")
     bb = load_backbone(backbone, model, device=device, dtype=dtype, variant=variant)
     bb.check_clip(clip_settings)
+    if compile:
+        bb.compile()
     needed = plan_sampling(bb.scheduler(), edit_settings).needed
     check_inversion_serves(inversion_steps, needed, bb)
     _say(quiet, f"inverting {source} ({frames} frames, {width}x{height}, {inversion_steps} steps)")

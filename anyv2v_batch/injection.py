@@ -55,6 +55,9 @@ class FeatureInjector:
         self.plans: Mapping[str, BranchPlan] = {}
         self.t: int | None = None
         self.fired: set[tuple[str, int]] = set()  # (kind, timestep) pairs that injected, for checks
+        # kinds that fired during the current step; the hooks do not read `t`, so a compiled UNet
+        # is not recompiled for every timestep
+        self._fired_now: set[str] = set()
 
     def __enter__(self) -> FeatureInjector:
         for kind, module in self._targets:
@@ -62,20 +65,26 @@ class FeatureInjector:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._flush()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
     def set_step(self, t: int, plans: Mapping[str, BranchPlan]) -> None:
         """The kinds that inject at timestep t, each with its plan (kinds not given do nothing)."""
+        self._flush()
         self.t, self.plans = int(t), {k: p for k, p in plans.items() if p.copies}
+
+    def _flush(self) -> None:
+        self.fired |= {(kind, self.t) for kind in self._fired_now}
+        self._fired_now.clear()
 
     def _hook(self, kind: str):
         def hook(module: torch.nn.Module, args, output: torch.Tensor) -> torch.Tensor:
             plan = self.plans.get(kind)
             if plan is not None:
                 plan.apply(output)
-                self.fired.add((kind, self.t))
+                self._fired_now.add(kind)
             return output
 
         return hook

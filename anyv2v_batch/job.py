@@ -68,6 +68,7 @@ class JobSpec:
     pools: dict[str, PoolSpec] = field(default_factory=dict)
     ray_address: str | None = None
     ray_num_cpus: float | None = None  # CPUs of a local Ray instance (None: all)
+    compile: bool = False  # torch.compile the UNet in the inversion and sampler actors
     source: str = "job"  # the file (or "command line") the job came from, for messages
 
     def pool(self, name: str) -> PoolSpec:
@@ -76,7 +77,7 @@ class JobSpec:
 
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
-    "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray",
+    "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile",
 }  # fmt: skip
 VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed"}
 
@@ -287,6 +288,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         pools=pools,
         ray_address=ray_raw.get("address"),
         ray_num_cpus=ray_raw.get("num_cpus"),
+        compile=_coerce(where, "compile", raw.get("compile", False), False),
         source=where,
         **optional,
     )

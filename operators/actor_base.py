@@ -1,8 +1,13 @@
-"""What every model-holding actor of the stage does on start: take its CPU share, quiet the libraries."""
+"""What every model-holding actor of the stage shares: its CPU share, its device, and how it survives
+running out of GPU memory."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def start_worker(num_cpus: float) -> None:
@@ -25,3 +30,41 @@ def worker_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(e).lower()
+
+
+def free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def isolate_failures(
+    items: Sequence[T], run: Callable[[Sequence[T]], None], fail: Callable[[T, BaseException], None]
+) -> None:
+    """run(items) together; if that fails (out of memory above all), run each item alone, so that an
+    item that fails alone fails alone: fail(item, error)."""
+    try:
+        run(items)
+        return
+    except Exception as e:  # noqa: BLE001
+        free_memory()
+        if len(items) == 1:
+            fail(items[0], e)
+            return
+    for item in items:
+        try:
+            run([item])
+        except Exception as e:  # noqa: BLE001
+            if is_out_of_memory(e):
+                free_memory()
+            fail(item, e)

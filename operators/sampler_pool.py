@@ -1,37 +1,60 @@
-"""The injected I2V sampler actor pool: every variant of a clip sampled from the clip's inversion."""
+"""The injected I2V sampler actor pool: every variant of the batch's clips sampled from their inversions.
+
+All variants that share a schedule and latent shape go through the same UNet calls, each clip's
+variants sharing its source branch. If that fails (out of GPU memory, above all), each variant is
+retried alone, and one that still fails fails alone.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
 from anyv2v_batch.backbones import load_backbone
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.actor_base import start_worker, worker_device
-from anyv2v_batch.operators.work import one_line
-from anyv2v_batch.pnp_edit import edit
+from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, start_worker, worker_device
+from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line
+from anyv2v_batch.pnp_edit import EditRequest, batch_key, edit_batch
+
+OOM_MESSAGE = "out of memory sampling this clip alone; use fewer frames, a smaller size or a bigger GPU"
 
 
 class SamplerPool:
-    """map_batches actor: loads the backbone once; edits each pending variant."""
+    """map_batches actor: loads the backbone once; edits the pending variants of its batch together."""
 
     def __init__(self, job: JobSpec, num_cpus: float = 1.0):
         start_worker(num_cpus)
         self.backbone = load_backbone(
             job.backbone, job.model, device=worker_device(job.device), dtype=job.dtype, variant=job.weights_variant
         )
+        if job.compile:
+            self.backbone.compile()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        for work in batch["work"]:
+        works: list[ClipWork] = list(batch["work"])
+        started = time.perf_counter()
+        by_key: dict[tuple, list[tuple[ClipWork, VariantWork]]] = defaultdict(list)
+        for work in works:
             for variant in work.pending():
-                started = time.perf_counter()
-                try:
-                    result = edit(self.backbone, work.inversion, variant.first_frame, variant.settings)
-                    variant.frames = result.frames
-                except Exception as e:  # noqa: BLE001 - a failed variant fails alone
-                    variant.error = one_line(e)
-                variant.seconds["sampler"] = time.perf_counter() - started
+                request = EditRequest(work.inversion, variant.first_frame, variant.settings)
+                by_key[batch_key(request)].append((work, variant))
+
+        def run(pairs: list[tuple[ClipWork, VariantWork]]) -> None:
+            requests = [EditRequest(w.inversion, v.first_frame, v.settings) for w, v in pairs]
+            for (_, variant), result in zip(pairs, edit_batch(self.backbone, requests), strict=True):
+                variant.frames = result.frames
+
+        def fail(pair: tuple[ClipWork, VariantWork], e: BaseException) -> None:
+            pair[1].error = OOM_MESSAGE if is_out_of_memory(e) else one_line(e)
+
+        for pairs in by_key.values():
+            isolate_failures(pairs, run, fail)
+        seconds = (time.perf_counter() - started) / max(1, sum(len(w.variants) for w in works))
+        for work in works:
+            for variant in work.variants:
+                variant.seconds["sampler"] = seconds
             work.inversion = None
-        return {"work": list(batch["work"])}
+        return {"work": works}

@@ -34,3 +34,16 @@ def test_bfloat16_runs_in_bfloat16_with_a_float32_vae(case_a):
     assert result.latents.dtype == torch.float32 and np.isfinite(result.latents.numpy()).all()
     err = rel_err(result.latents, case_a.ref["edit/final_latents"])
     assert 1e-4 < err < 0.3  # really reduced precision, and still the same edit
+
+
+def test_compiled_unet_keeps_the_hooks_and_the_outputs(case_a):
+    """torch.compile (dynamo tracing; the default inductor backend only changes the kernels) with the
+    injection hooks switching on and off between calls: outputs equal the eager ones."""
+    bb = load_backbone("i2vgen-xl", str(TINY_MODEL), device="cpu", dtype="float32")
+    settings = case_a.edit_settings(pnp_conv=0.5, pnp_spatial=0.5, pnp_temporal=0.5)  # 2 injection states
+    inversion = case_a.reference_inversion()
+    eager = edit(bb, inversion, case_a.edited, settings, trim_source=False, decode=False)
+    bb.compile(backend="eager")
+    compiled = edit(bb, inversion, case_a.edited, settings, trim_source=False, decode=False)
+    assert compiled.injected == eager.injected and len(eager.injected["conv"]) == 5
+    assert rel_err(compiled.latents, eager.latents) < 1e-6

@@ -69,6 +69,13 @@ class Backbone(ABC):
     def scheduler(self, inverse: bool = False):
         """A fresh sampling (or inversion) scheduler; the loops own its state."""
 
+    def compile(self, **options) -> None:
+        """torch.compile the UNet in place (module paths, hence injection positions, stay valid).
+
+        The first calls compile (minutes on a GPU for a full-size UNet); a new batch size or a new set of
+        injecting kinds compiles once more. Outputs are unchanged up to float rounding."""
+        self.unet.compile(**options)
+
     def check_clip(self, clip: ClipSettings) -> None:
         """Reject geometries this model cannot run, before any work."""
         f = self.vae_scale_factor

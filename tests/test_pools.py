@@ -1,0 +1,95 @@
+"""The GPU pools' own behaviour, run in-process: batching, and failures (out of memory above all)
+isolated to the sample that causes them. A CUDA out-of-memory error cannot happen on a CPU, so these
+tests make the backbone raise the very exception CUDA raises when a call is too large."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL, moving_clip
+
+from anyv2v_batch.job import build_job
+from anyv2v_batch.operators.actor_base import isolate_failures
+from anyv2v_batch.operators.inversion_pool import OOM_MESSAGE as INVERSION_OOM
+from anyv2v_batch.operators.inversion_pool import InversionPool
+from anyv2v_batch.operators.sampler_pool import OOM_MESSAGE as SAMPLER_OOM
+from anyv2v_batch.operators.sampler_pool import SamplerPool
+from anyv2v_batch.operators.work import ClipWork, variant_for_sample
+
+JOB = build_job({
+    "input": "x.tar", "output": "o", "model": str(TINY_MODEL), "device": "cpu",
+    "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 10}, "edit": {"steps": 5},
+    "variants": [{"name": "a", "prompt": "a car"}, {"name": "b", "prompt": "a dog", "edit": {"guidance_scale": 5.0}}],
+})  # fmt: skip
+
+
+def clip_work(key: str, seed: int) -> ClipWork:
+    spec = JOB.variants[0]
+    frames = moving_clip(6, 32, 32, seed=seed)
+    work = ClipWork("x.tar", "x", key, {"key": key}, {}, None, "mp4", spec.clip, spec.inversion,
+                    [variant_for_sample(v, key, {}) for v in JOB.variants], frames=frames)  # fmt: skip
+    for v in work.variants:
+        v.first_frame = frames[0][..., ::-1].copy()
+    return work
+
+
+@pytest.fixture(scope="module")
+def pools():
+    return InversionPool(JOB, num_cpus=2), SamplerPool(JOB, num_cpus=2)
+
+
+def oom_above(limit: int, backbone):
+    """Make `backbone.predict` raise CUDA's out-of-memory error for batches above `limit` entries."""
+    real = backbone.predict
+
+    def predict(latents, t, cond):
+        if latents.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(latents, t, cond)
+
+    return predict
+
+
+def test_a_batch_of_clips_equals_the_clips_alone(pools):
+    inversion_pool, sampler_pool = pools
+    together = [clip_work("k0", 0), clip_work("k1", 1)]
+    sampler_pool(inversion_pool({"work": np.array(together, dtype=object)}))
+    alone = []
+    for i in range(2):
+        w = clip_work(f"k{i}", i)
+        sampler_pool(inversion_pool({"work": np.array([w], dtype=object)}))
+        alone.append(w)
+    for a, b in zip(together, alone, strict=True):
+        for va, vb in zip(a.variants, b.variants, strict=True):
+            assert not va.error and va.frames.shape == (6, 32, 32, 3)
+            assert np.abs(va.frames.astype(int) - vb.frames.astype(int)).max() <= 1
+
+
+def test_out_of_memory_retries_alone_then_fails_only_what_does_not_fit(pools, monkeypatch):
+    inversion_pool, sampler_pool = pools
+    works = [clip_work("k0", 0), clip_work("k1", 1)]
+    monkeypatch.setattr(inversion_pool.backbone, "predict", oom_above(1, inversion_pool.backbone))
+    inversion_pool({"work": np.array(works, dtype=object)})  # 2 clips in one call: too big; alone: fits
+    assert all(w.inversion is not None and not w.error for w in works)
+    monkeypatch.setattr(sampler_pool.backbone, "predict", oom_above(2, sampler_pool.backbone))
+    sampler_pool({"work": np.array(works, dtype=object)})
+    # variant a (guidance 9): [source, negative, editing] = 3 entries, too big even alone;
+    # variant b with guidance 5 likewise; so every variant fails alone, with the memory message
+    assert all(v.error == SAMPLER_OOM for w in works for v in w.variants)
+    works = [clip_work("k2", 2)]
+    monkeypatch.setattr(inversion_pool.backbone, "predict", oom_above(0, inversion_pool.backbone))
+    inversion_pool({"work": np.array(works, dtype=object)})
+    assert works[0].error == INVERSION_OOM
+
+
+def test_isolate_failures_runs_items_alone_after_a_failure():
+    ran, failed = [], []
+
+    def run(items):
+        if len(items) > 1 or items[0] == "bad":
+            raise RuntimeError("no")
+        ran.append(items[0])
+
+    isolate_failures(["a", "bad", "c"], run, lambda item, e: failed.append(item))
+    assert ran == ["a", "c"] and failed == ["bad"]
