@@ -316,6 +316,7 @@ def run(
     summary = run_job(job, log=lambda m: _say(quiet, m))
     for example in summary.error_examples:
         _say(quiet, f"  error: {example}")
+    _say(quiet, summary.utilisation_line())
     _say(quiet, summary.line())
 
 

@@ -30,7 +30,7 @@ POOLS = ("decode", "editor", "inversion", "sampler", "encode")
 class PoolSpec:
     """One stage's workers: `size` actors (GPU pools) or concurrent tasks, each with these resources."""
 
-    size: int = 1
+    size: int | None = None  # None: 1, or for GPU pools a share of the GPUs by cost (pipelines/balance.py)
     num_gpus: float | None = None  # per actor; None: 1 when the cluster has GPUs and the device allows
     num_cpus: float = 1.0  # per actor / task; also its torch thread count
     batch_size: int = 1  # clips per call
@@ -69,6 +69,10 @@ class JobSpec:
     ray_address: str | None = None
     ray_num_cpus: float | None = None  # CPUs of a local Ray instance (None: all)
     compile: bool = False  # torch.compile the UNet in the inversion and sampler actors
+    # a clip's variants share one source branch in the same UNet calls (fewer batch entries); outputs
+    # then equal one-variant runs to float rounding only. False: each variant alone, bit-identical to
+    # the one-clip command
+    share_source: bool = True
     source: str = "job"  # the file (or "command line") the job came from, for messages
 
     def pool(self, name: str) -> PoolSpec:
@@ -77,7 +81,7 @@ class JobSpec:
 
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
-    "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile",
+    "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
 }  # fmt: skip
 VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed"}
 
@@ -163,10 +167,10 @@ def _pool(where: str, path: str, raw: Any) -> PoolSpec:
     for key, value in raw.items():
         if key not in names:
             raise _unknown(where, path, key, names)
-        default = 1.0 if key == "num_gpus" else getattr(base, key)
+        default = {"num_gpus": 1.0, "size": 1}.get(key, getattr(base, key))
         values[key] = _coerce(where, f"{path}.{key}", value, default)
     pool = dataclasses.replace(base, **values)
-    if pool.size < 1:
+    if pool.size is not None and pool.size < 1:
         raise _fail(where, f"{path}.size", f"must be >= 1, got {pool.size}")
     if pool.batch_size < 1:
         raise _fail(where, f"{path}.batch_size", f"must be >= 1, got {pool.batch_size}")
@@ -289,6 +293,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         ray_address=ray_raw.get("address"),
         ray_num_cpus=ray_raw.get("num_cpus"),
         compile=_coerce(where, "compile", raw.get("compile", False), False),
+        share_source=_coerce(where, "share_source", raw.get("share_source", True), True),
         source=where,
         **optional,
     )

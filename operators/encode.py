@@ -15,7 +15,7 @@ from typing import Any
 
 from anyv2v_batch import __version__
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line
+from anyv2v_batch.operators.work import ClipWork, VariantWork, group_id, one_line
 from anyv2v_batch.video_io import encode_mp4, encode_png
 
 
@@ -29,6 +29,8 @@ class PairResult:
     error: str
     row: dict[str, Any]  # the Parquet row
     files: dict[str, bytes]  # extension ("mp4", "png", "json") -> bytes; empty for an error
+    group: str = ""  # the decoded clip / inversion the pair came from (several variants share one)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per stage
 
 
 def settings_record(job: JobSpec, work: ClipWork, variant: VariantWork) -> dict[str, Any]:
@@ -92,7 +94,7 @@ STAGES = ("read", "decode", "editor", "inversion", "sampler", "encode")
 def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
     """flat_map: a finished ClipWork -> one {"pair": PairResult} per variant."""
     work: ClipWork = row["work"]
-    for variant in work.variants:
+    for variant in (v for v in work.variants if v.write):
         started = time.perf_counter()
         error = work.error or variant.error
         files: dict[str, bytes] = {}
@@ -118,5 +120,7 @@ def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                 error,
                 metadata_row(job, work, variant, status, error),
                 files,
+                group=group_id(work.clip, work.inversion_settings),
+                seconds={**work.seconds, **variant.seconds},
             )
         }

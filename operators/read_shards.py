@@ -67,7 +67,7 @@ def read_shard(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
     started = time.perf_counter()
     try:
         for key, files in iter_samples(shard):
-            todo = [v.name for v in job.variants if pair_id(key, v.name) not in done]
+            todo = {v.name for v in job.variants if pair_id(key, v.name) not in done}
             if not todo:
                 continue
             video_ext = next((e for e in VIDEO_EXTENSIONS if e in files), "")
@@ -77,7 +77,14 @@ def read_shard(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
             except ValueError as e:
                 meta, error = {"key": key}, error or str(e)
             video = files.pop(video_ext, None)
-            for clip, inversion, specs in group_variants(job, todo):
+            for clip, inversion, specs in group_variants(job):
+                if not todo & {v.name for v in specs}:
+                    continue
+                if not job.share_source:  # variants run alone: the done ones need not run again
+                    specs = [v for v in specs if v.name in todo]
+                variants = [variant_for_sample(spec, key, meta) for spec in specs]
+                for v in variants:
+                    v.write = v.name in todo
                 work = ClipWork(
                     shard=shard,
                     shard_id=shard_id,
@@ -88,7 +95,7 @@ def read_shard(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                     video_ext=video_ext,
                     clip=clip,
                     inversion_settings=inversion,
-                    variants=[variant_for_sample(spec, key, meta) for spec in specs],
+                    variants=variants,
                     error=error,
                 )
                 work.seconds["read"] = time.perf_counter() - started

@@ -27,6 +27,7 @@ class SamplerPool:
 
     def __init__(self, job: JobSpec, num_cpus: float = 1.0):
         start_worker(num_cpus)
+        self.share_source = job.share_source
         self.backbone = load_backbone(
             job.backbone, job.model, device=worker_device(job.device), dtype=job.dtype, variant=job.weights_variant
         )
@@ -51,7 +52,11 @@ class SamplerPool:
             pair[1].error = OOM_MESSAGE if is_out_of_memory(e) else one_line(e)
 
         for pairs in by_key.values():
-            isolate_failures(pairs, run, fail)
+            if self.share_source:
+                isolate_failures(pairs, run, fail)
+            else:  # every variant in its own calls: bit-identical to a one-clip run
+                for pair in pairs:
+                    isolate_failures([pair], run, fail)
         seconds = (time.perf_counter() - started) / max(1, sum(len(w.variants) for w in works))
         for work in works:
             for variant in work.variants:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import string
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,9 @@ class VariantWork:
     frames: np.ndarray | None = None  # the edited clip [F, H, W, 3]
     error: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    # False for a variant that is already done but is computed again beside its clip's pending ones,
+    # so that every output comes from the same batch composition as in an uninterrupted run
+    write: bool = True
 
 
 @dataclass
@@ -59,6 +63,12 @@ class ClipWork:
 def pair_id(key: str, variant: str) -> str:
     """A file-name-safe, stable id of a (sample, variant) pair."""
     return hashlib.sha256(f"{key}\0{variant}".encode()).hexdigest()[:24]
+
+
+def group_id(clip: ClipSettings, inversion: InversionSettings) -> str:
+    """A stable id of a clip geometry + inversion settings (the same in every process)."""
+    text = json.dumps([dataclasses.asdict(clip), dataclasses.asdict(inversion)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def derive_seed(base: int, key: str, variant: str) -> int:
@@ -94,12 +104,11 @@ def variant_for_sample(spec: VariantSpec, key: str, meta: dict[str, Any]) -> Var
     return VariantWork(spec.name, settings, spec.editor, edit_prompt=edit_prompt)
 
 
-def group_variants(job: JobSpec, names: list[str]) -> list[tuple[ClipSettings, InversionSettings, list[VariantSpec]]]:
-    """Variants that can share one decoded clip and one inversion, in job order."""
+def group_variants(job: JobSpec) -> list[tuple[ClipSettings, InversionSettings, list[VariantSpec]]]:
+    """The job's variants grouped by what they can share: one decoded clip and one inversion."""
     groups: dict[tuple, list[VariantSpec]] = {}
     for spec in job.variants:
-        if spec.name in names:
-            groups.setdefault((spec.clip, spec.inversion), []).append(spec)
+        groups.setdefault((spec.clip, spec.inversion), []).append(spec)
     return [(clip, inv, specs) for (clip, inv), specs in groups.items()]
 
 

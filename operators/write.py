@@ -58,8 +58,10 @@ def write_part(row: dict[str, Any], output: str) -> dict[str, Any]:
     """map: persist one finished pair; returns a small status row."""
     pair: PairResult = row["pair"]
     atomic_write(part_url(output, pair.shard_id, pair.key, pair.variant), part_bytes(pair))
-    return {"shard_id": pair.shard_id, "key": pair.key, "variant": pair.variant, "status": pair.status,
-            "error": pair.error}  # fmt: skip
+    return {
+        "shard_id": pair.shard_id, "key": pair.key, "variant": pair.variant, "status": pair.status,
+        "error": pair.error, "group": pair.group, "seconds": json.dumps(pair.seconds),
+    }  # fmt: skip
 
 
 def read_part(url: str) -> tuple[dict[str, Any], dict[str, bytes]]:

@@ -9,6 +9,7 @@ Pairs already done in the output are skipped when the shards are read, so rerunn
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections import Counter
@@ -32,12 +33,18 @@ class JobSummary:
     errors: int
     seconds: float
     error_examples: list[str]
+    pool_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    utilisation: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def line(self) -> str:
         return (
             f"{self.processed} (clip, variant) pairs processed: {self.ok} ok, {self.errors} errors; "
             f"{self.pairs_done_before} already done; {self.shards} shards -> {self.output} in {self.seconds:.1f} s"
         )
+
+    def utilisation_line(self) -> str:
+        parts = [f"{n} {self.utilisation[n]:.0%} of {self.pool_sizes[n]}" for n in GPU_POOLS if n in self.utilisation]
+        return "pool utilisation (busy share of actor time): " + ", ".join(parts)
 
 
 def plan_shards(job: JobSpec) -> list[dict[str, Any]]:
@@ -96,10 +103,15 @@ def init_ray(job: JobSpec) -> None:
 
 
 def resolve_pools(job: JobSpec) -> dict[str, PoolSpec]:
-    """Fill in GPUs and CPUs per worker from what the cluster has (explicit job values win)."""
+    """Every pool's size and resources: the job's values, the rest from the cluster.
+
+    With GPUs, the GPU actors the job leaves unsized split the GPUs between inversion and sampling in
+    proportion to their cost per clip (pipelines/balance.py). On CPUs only, the actors and tasks share
+    the CPUs so that all of them can run at once."""
     import ray
 
     from anyv2v_batch.editors import editor_class
+    from anyv2v_batch.pipelines.balance import split_gpus
 
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
@@ -117,14 +129,23 @@ def resolve_pools(job: JobSpec) -> dict[str, PoolSpec]:
         if name not in GPU_POOLS:
             pool = dataclasses.replace(pool, num_gpus=0.0)
         pools[name] = pool
+    if use_gpus:
+        free = gpus - sum((pools[n].size or 1) * pools[n].num_gpus for n in GPU_POOLS if pools[n].size or n == "editor")
+        unsized = [n for n in ("inversion", "sampler") if pools[n].size is None]
+        if unsized == ["inversion", "sampler"] and pools["inversion"].num_gpus == pools["sampler"].num_gpus > 0:
+            slots = int(free // pools["inversion"].num_gpus)
+            sizes = dict(zip(unsized, split_gpus(job, slots), strict=True))
+        else:
+            sizes = {n: max(1, int(free // max(pools[n].num_gpus, 1e-9)) // len(unsized)) for n in unsized}
+        for n, size in sizes.items():
+            pools[n] = dataclasses.replace(pools[n], size=size)
+    pools = {n: dataclasses.replace(p, size=p.size or 1) for n, p in pools.items()}
     # CPU-only: actors that sit on a CPU each must fit beside the others and the decode/encode tasks
     on_cpu = [n for n in GPU_POOLS if not pools[n].num_gpus]
     demand = sum(pools[n].num_cpus * pools[n].size for n in on_cpu) + pools["decode"].num_cpus
     if on_cpu and demand > cpus and not job.ray_address:
         share = max(0.1, cpus / (sum(pools[n].size for n in on_cpu) + 1))
-        for n in on_cpu:
-            pools[n] = dataclasses.replace(pools[n], num_cpus=min(pools[n].num_cpus, share))
-        for n in ("decode", "encode"):
+        for n in (*on_cpu, "decode", "encode"):
             pools[n] = dataclasses.replace(pools[n], num_cpus=min(pools[n].num_cpus, share))
     return pools
 
@@ -171,6 +192,7 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSum
 
     from anyv2v_batch.operators.storage import join, remove_if_empty
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
+    from anyv2v_batch.pipelines.balance import utilisation
 
     started = time.perf_counter()
     check_job(job)
@@ -181,10 +203,19 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSum
     pools = resolve_pools(job)
     counts: Counter[str] = Counter()
     examples: list[str] = []
+    busy: Counter[str] = Counter()
+    clip_seconds: dict[tuple, dict[str, float]] = {}
+    streamed = time.perf_counter()
     for row in build_dataset(job, items, pools).iter_rows():
         counts[row["status"]] += 1
         if row["status"] == "error" and len(examples) < 5:
             examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
+        seconds = json.loads(row["seconds"])
+        busy["editor"] += seconds.get("editor", 0.0)
+        busy["sampler"] += seconds.get("sampler", 0.0)
+        clip_seconds[(row["shard_id"], row["key"], row["group"])] = seconds  # inversion: once per clip
+    busy["inversion"] = sum(s.get("inversion", 0.0) for s in clip_seconds.values())
+    wall = time.perf_counter() - streamed
     compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
     wanted = {i["shard_id"] for i in items}
     pending = [compact.remote(job.output, sid) for sid in sorted(shards_with_parts(job.output) & wanted)]
@@ -199,4 +230,6 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSum
         errors=counts["error"],
         seconds=time.perf_counter() - started,
         error_examples=examples,
+        pool_sizes={n: pools[n].size for n in GPU_POOLS},
+        utilisation=utilisation(busy, wall, {n: pools[n].size for n in GPU_POOLS}),
     )
