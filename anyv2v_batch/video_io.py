@@ -141,7 +141,7 @@ def read_image(source: str | os.PathLike | bytes | BinaryIO, name: str | None = 
 
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
-    """H.264 (yuv420p) MP4 bytes. Single-threaded x264, so the same frames give the same bytes."""
+    """H.264 (yuv420p) MP4 bytes; the same frames always give the same bytes."""
     import av
 
     if frames.shape[1] % 2 or frames.shape[2] % 2:
@@ -152,13 +152,38 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": "medium"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+        # x264's macroblock-tree rate control gives different bytes from call to call within one process
+        # (it reads state left by earlier encodes); without it the same frames always give the same file
+        stream.options = {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"}
+        rate = _fps_fraction(fps)
+        stream.codec_context.time_base = 1 / rate
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+            video_frame.pts, video_frame.time_base = i, 1 / rate
+            for packet in stream.encode(video_frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     return buffer.getvalue()
+
+
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> planar YUV 4:2:0 [H * 3 / 2, W] (BT.601, limited range), in numpy.
+
+    Converting here rather than in FFmpeg's swscale keeps encoding deterministic: swscale picks SIMD or
+    C code by the input buffer's alignment, and the two round differently."""
+    rgb = frame.astype(np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    h, w = frame.shape[:2]
+
+    def subsample(c: np.ndarray) -> np.ndarray:  # the mean of each 2 x 2 block
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [y, subsample(u).reshape(h // 4, w), subsample(v).reshape(h // 4, w)]
+    return np.clip(np.round(np.concatenate(planes)), 0, 255).astype(np.uint8)
 
 
 def encode_png(frame: np.ndarray) -> bytes:
