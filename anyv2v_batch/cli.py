@@ -7,6 +7,7 @@ command line is wrong; 130: interrupted.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import traceback
@@ -251,7 +252,7 @@ RUN_FLAGS = {
     "pnp_conv": "edit.pnp_conv", "pnp_spatial": "edit.pnp_spatial", "pnp_temporal": "edit.pnp_temporal",
     "init_step": "edit.init_step", "seed": "seed", "fps": "clip.fps", "frames": "clip.frames",
     "width": "clip.width", "height": "clip.height", "resize": "clip.resize", "backbone": "backbone",
-    "model": "model", "device": "device", "dtype": "dtype", "address": "ray.address",
+    "model": "model", "device": "device", "dtype": "dtype", "address": "ray.address", "inversions": "inversions",
 }  # fmt: skip
 
 
@@ -286,6 +287,9 @@ def run(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    inversions: Annotated[
+        str | None, typer.Option(help="Store of inversions: `invert` writes it, `run` reuses what it holds.")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any job field: PATH=VALUE, e.g. pools.sampler.size=4.")
     ] = None,
@@ -293,27 +297,30 @@ def run(
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Run (or resume) a batch job over WebDataset shards on Ray."""
+    _job_command("edit", **locals())
+
+
+@app.command("invert", help="Invert every clip of a job into its `inversions` store (resumable), for later runs.")
+@functools.wraps(run)  # `invert` takes exactly the flags of `run`
+def invert_command(**params) -> None:
+    _job_command("invert", **params)
+
+
+def _job_command(mode: str, *, job_file, input, set_, editor_option, quiet, debug, **flags) -> None:
+    """`run` and `invert`: the job file plus the flags that override it, validated, then run on Ray."""
     _DEBUG["on"] = debug
     from .job import load_job, parse_set
 
-    given = {
-        "output": output, "editor": editor, "edit_prompt": edit_prompt, "prompt": prompt,
-        "negative_prompt": negative_prompt, "inversion_prompt": inversion_prompt, "inversion_steps": inversion_steps,
-        "steps": steps, "guidance_scale": guidance_scale, "pnp_conv": pnp_conv, "pnp_spatial": pnp_spatial,
-        "pnp_temporal": pnp_temporal, "init_step": init_step, "seed": seed, "fps": fps, "frames": frames,
-        "width": width, "height": height, "resize": resize, "backbone": backbone, "model": model, "device": device,
-        "dtype": dtype, "address": address,
-    }  # fmt: skip
     overrides: dict = parse_set(set_ or [])
     overrides |= {f"editor.options.{k}": v for k, v in parse_set(editor_option or [], "--editor-option").items()}
-    overrides |= {RUN_FLAGS[k]: v for k, v in given.items() if v is not None}
+    overrides |= {RUN_FLAGS[k]: v for k, v in flags.items() if v is not None}
     if input:
         overrides["input"] = list(input)
     job = load_job(job_file, overrides)
 
     from .pipelines.anyv2v_job import run_job
 
-    summary = run_job(job, log=lambda m: _say(quiet, m))
+    summary = run_job(job, log=lambda m: _say(quiet, m), mode=mode)
     for example in summary.error_examples:
         _say(quiet, f"  error: {example}")
     _say(quiet, summary.utilisation_line())

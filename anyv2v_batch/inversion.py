@@ -7,6 +7,8 @@ references), so it pickles across Ray actors and serialises to safetensors.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -188,3 +190,67 @@ def invert_batch(
         )
         for c in range(len(clips))
     ]
+
+
+# ---- storing inversions: safetensors (tensors + string metadata), never pickle
+
+INVERSION_FORMAT = "anyv2v-inversion/1"
+
+
+def inversion_to_bytes(inversion: Inversion, meta: dict[str, str] | None = None) -> bytes:
+    """An inversion as safetensors bytes: latents, timesteps, the source first frame, and its settings."""
+    from safetensors.torch import save
+
+    tensors = {
+        "latents": inversion.latents.contiguous(),
+        "timesteps": torch.tensor(inversion.timesteps, dtype=torch.int64),
+        "source_first_frame": torch.from_numpy(np.ascontiguousarray(inversion.source_first_frame)),
+    }
+    metadata = {
+        "format": INVERSION_FORMAT,
+        "backbone": inversion.backbone,
+        "fps": repr(float(inversion.fps)),
+        "settings": json.dumps(dataclasses.asdict(inversion.settings), sort_keys=True),
+        **(meta or {}),
+    }
+    return save(tensors, metadata=metadata)
+
+
+def inversion_from_bytes(data: bytes) -> tuple[Inversion, dict[str, str]]:
+    """Parse and check stored bytes; ValueError if they are not a complete, consistent inversion."""
+    from safetensors.torch import load
+
+    if len(data) < 8:
+        raise ValueError("too short to be safetensors")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > len(data) - 8:
+        raise ValueError("truncated safetensors header")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+        tensors = load(data)
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not usable"
+        raise ValueError(f"not readable safetensors ({type(e).__name__})") from None
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != INVERSION_FORMAT:
+        raise ValueError(f"not an {INVERSION_FORMAT} entry")
+    latents, timesteps, frame = tensors.get("latents"), tensors.get("timesteps"), tensors.get("source_first_frame")
+    if latents is None or timesteps is None or frame is None:
+        raise ValueError("missing tensors")
+    if latents.ndim != 5 or timesteps.ndim != 1 or len(timesteps) != len(latents) or frame.ndim != 3:
+        raise ValueError("tensor shapes do not fit together")
+    if latents.dtype != torch.float32 or frame.dtype != torch.uint8 or not torch.isfinite(latents).all():
+        raise ValueError("tensor types or values are wrong")
+    try:
+        settings = InversionSettings(**json.loads(meta["settings"]))
+        fps = float(meta["fps"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"bad metadata ({e})") from None
+    inversion = Inversion(
+        backbone=meta.get("backbone", ""),
+        timesteps=tuple(int(t) for t in timesteps.tolist()),
+        latents=latents,
+        source_first_frame=frame.numpy(),
+        fps=fps,
+        settings=settings,
+    )
+    return inversion, meta

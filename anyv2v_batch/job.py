@@ -73,6 +73,9 @@ class JobSpec:
     # then equal one-variant runs to float rounding only. False: each variant alone, bit-identical to
     # the one-clip command
     share_source: bool = True
+    # stored inversions (written by `anyv2v-batch invert`): reused when valid, recomputed otherwise
+    inversions: str | None = None
+    store_all_timesteps: bool = False  # `invert`: keep every timestep, not only those the variants read
     source: str = "job"  # the file (or "command line") the job came from, for messages
 
     def pool(self, name: str) -> PoolSpec:
@@ -82,6 +85,7 @@ class JobSpec:
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
     "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
+    "inversions", "store_all_timesteps",
 }  # fmt: skip
 VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed"}
 
@@ -279,7 +283,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
     if backbone not in BACKBONES:
         raise _fail(where, "backbone", f"must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     optional = {}
-    for key in ("model", "weights_variant"):
+    for key in ("model", "weights_variant", "inversions"):
         if raw.get(key) is not None:
             optional[key] = _coerce(where, key, raw[key], "")
     return JobSpec(
@@ -294,6 +298,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         ray_num_cpus=ray_raw.get("num_cpus"),
         compile=_coerce(where, "compile", raw.get("compile", False), False),
         share_source=_coerce(where, "share_source", raw.get("share_source", True), True),
+        store_all_timesteps=_coerce(where, "store_all_timesteps", raw.get("store_all_timesteps", False), False),
         source=where,
         **optional,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from typing import Any
@@ -28,6 +29,7 @@ def decode_clip(row: dict[str, Any]) -> dict[str, Any]:
             )
             work.frames = clip.frames
             work.source = {
+                "frames_sha256": hashlib.sha256(clip.frames.tobytes()).hexdigest(),
                 "fps": clip.source_fps,
                 "frames": clip.source_frames,
                 "width": clip.source_size[0],

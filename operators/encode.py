@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from anyv2v_batch import __version__
+from anyv2v_batch.inversion import inversion_to_bytes
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.work import ClipWork, VariantWork, group_id, one_line
+from anyv2v_batch.operators.work import ClipWork, VariantWork, group_id, inversion_id, one_line
 from anyv2v_batch.video_io import encode_mp4, encode_png
 
 
@@ -83,6 +84,7 @@ def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str
         "inversion_steps": work.inversion_settings.steps,
         "steps": s.steps,
         "guidance_scale": s.guidance_scale,
+        "inversion_source": work.inversion_source,
         "settings": json.dumps(settings_record(job, work, variant), sort_keys=True),
         **{f"seconds_{k}": float(seconds.get(k, 0.0)) for k in STAGES},
     }
@@ -124,3 +126,51 @@ def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                 seconds={**work.seconds, **variant.seconds},
             )
         }
+
+
+def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
+    """flat_map (the `invert` job): a ClipWork with its inversion -> one stored entry
+    `<key>.<inversion id>.safetensors` and its metadata row."""
+    work: ClipWork = row["work"]
+    inv_id = inversion_id(job, work.clip, work.inversion_settings)
+    started = time.perf_counter()
+    error = work.error or ("" if work.inversion is not None else "not inverted")
+    files: dict[str, bytes] = {}
+    if not error:
+        meta = {
+            "model": str(job.model),
+            "inversion_id": inv_id,
+            "frames_sha256": work.source["frames_sha256"],
+            "key": work.key,
+            "source_shard": work.shard,
+        }
+        files = {"safetensors": inversion_to_bytes(work.inversion, meta)}
+    work.seconds["encode"] = time.perf_counter() - started
+    status = "error" if error else "ok"
+    c, inv = work.clip, work.inversion_settings
+    row = {
+        "source_shard": work.shard,
+        "shard_id": work.shard_id,
+        "key": work.key,
+        "variant": inv_id,
+        "status": status,
+        "error": error,
+        "backbone": job.backbone,
+        "model": job.model or "",
+        "frames": c.frames,
+        "fps": float(c.fps),
+        "width": c.width,
+        "height": c.height,
+        "inversion_steps": inv.steps,
+        "inversion_guidance_scale": inv.guidance_scale,
+        "inversion_prompt": inv.prompt,
+        "stored_timesteps": len(work.inversion.timesteps) if work.inversion is not None else 0,
+        "frames_sha256": work.source.get("frames_sha256", ""),
+        "inversion_source": work.inversion_source,
+        **{f"seconds_{k}": float(work.seconds.get(k, 0.0)) for k in STAGES},
+    }
+    yield {
+        "pair": PairResult(
+            work.shard, work.shard_id, work.key, inv_id, status, error, row, files, group=inv_id, seconds=work.seconds
+        )
+    }

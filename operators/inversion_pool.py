@@ -10,10 +10,10 @@ import numpy as np
 
 from anyv2v_batch.backbones import load_backbone
 from anyv2v_batch.errors import AnyV2VError
-from anyv2v_batch.inversion import invert_batch
+from anyv2v_batch.inversion import inversion_from_bytes, invert_batch
 from anyv2v_batch.job import JobSpec
 from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, start_worker, worker_device
-from anyv2v_batch.operators.work import ClipWork, one_line
+from anyv2v_batch.operators.work import ClipWork, inversion_id, one_line
 from anyv2v_batch.pnp_edit import check_inversion_serves, plan_sampling
 
 OOM_MESSAGE = "out of memory inverting this clip alone; use fewer frames, a smaller size or a bigger GPU"
@@ -23,8 +23,9 @@ class InversionPool:
     """map_batches actor: loads the backbone once; inverts the batch's clips together where they share a
     shape and settings, keeping only the timesteps their variants read."""
 
-    def __init__(self, job: JobSpec, num_cpus: float = 1.0):
+    def __init__(self, job: JobSpec, num_cpus: float = 1.0, keep_all: bool = False):
         start_worker(num_cpus)
+        self.job, self.keep_all = job, keep_all
         self.backbone = load_backbone(
             job.backbone, job.model, device=worker_device(job.device), dtype=job.dtype, variant=job.weights_variant
         )
@@ -42,23 +43,60 @@ class InversionPool:
                 variant.error = str(e)
         return needed
 
+    def reuse_stored(self, work: ClipWork, keep: set[int]) -> bool:
+        """Use the clip's stored inversion if it is intact and was made from these frames with these
+        settings; else say why not (the clip is then inverted again)."""
+        if work.stored_inversion is None:
+            work.inversion_source = "computed"
+            return False
+        try:
+            inversion, meta = inversion_from_bytes(work.stored_inversion)
+            expected = {
+                "backbone": self.backbone.name,
+                "model": str(self.job.model),
+                "inversion_id": inversion_id(self.job, work.clip, work.inversion_settings),
+                "frames_sha256": work.source.get("frames_sha256"),
+            }
+            wrong = [k for k, v in expected.items() if meta.get(k) != v]
+            if wrong or inversion.settings != work.inversion_settings or inversion.fps != float(work.clip.fps):
+                raise ValueError(f"made from other {', '.join(wrong) or 'settings'}")
+            f = self.backbone.vae_scale_factor
+            c = work.clip
+            if tuple(inversion.latents.shape[2:]) != (c.frames, c.height // f, c.width // f):
+                raise ValueError("latents of another shape")
+            missing = sorted(keep - set(inversion.timesteps))
+            if missing:
+                raise ValueError(f"no latent at timestep {missing[0]}")
+        except ValueError as e:
+            work.inversion_source = f"recomputed: stored inversion not usable ({e})"
+            return False
+        work.inversion = inversion if self.keep_all else inversion.keep(keep)
+        work.inversion_source = "stored"
+        return True
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         works: list[ClipWork] = list(batch["work"])
         started = time.perf_counter()
         groups: dict[tuple, list[ClipWork]] = defaultdict(list)
-        keep: dict[int, set[int]] = {}
+        keep: dict[int, set[int] | None] = {}
         for work in works:
             keep[id(work)] = self.needed_timesteps(work)
-            if work.pending():
-                try:
-                    self.backbone.check_clip(work.clip)
-                except AnyV2VError as e:
-                    work.error = str(e)
-                    continue
-                groups[(work.frames.shape, work.inversion_settings, work.clip.fps)].append(work)
+            if work.error or (not work.pending() and not self.keep_all):
+                continue
+            if self.reuse_stored(work, keep[id(work)]):
+                continue
+            if self.keep_all:
+                keep[id(work)] = None
+            try:
+                self.backbone.check_clip(work.clip)
+            except AnyV2VError as e:
+                work.error = str(e)
+                continue
+            groups[(work.frames.shape, work.inversion_settings, work.clip.fps)].append(work)
 
         def run(group: list[ClipWork]) -> None:
-            needed = set().union(*(keep[id(w)] for w in group))
+            wanted = [keep[id(w)] for w in group]
+            needed = None if any(k is None for k in wanted) else set().union(*wanted)
             inversions = invert_batch(
                 self.backbone, [w.frames for w in group], group[0].inversion_settings, fps=group[0].clip.fps,
                 keep=needed,

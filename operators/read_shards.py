@@ -17,8 +17,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.storage import filesystem
-from anyv2v_batch.operators.work import ClipWork, group_variants, one_line, pair_id, variant_for_sample
+from anyv2v_batch.operators.storage import filesystem, join
+from anyv2v_batch.operators.work import (
+    ClipWork,
+    group_variants,
+    inversion_id,
+    one_line,
+    pair_id,
+    variant_for_sample,
+)
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov")
 
@@ -61,15 +68,51 @@ def sample_metadata(key: str, files: dict[str, bytes]) -> dict[str, Any]:
     return meta
 
 
-def read_shard(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
-    """flat_map: a shard row {shard, shard_id, done} -> work rows {"work": ClipWork}."""
+class StoredInversions:
+    """The stored inversions of one input shard (`<inversions>/shards/<shard>.tar`), read member by
+    member on demand: an entry is `<key>.<inversion id>.safetensors`."""
+
+    def __init__(self, root: str | None, shard_id: str):
+        self.file = self.tar = None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        if root is None:
+            return
+        fs, path = filesystem(join(root, "shards", f"{shard_id}.tar"))
+        if not fs.exists(path):
+            return
+        try:
+            self.file = fs.open(path, "rb")
+            self.tar = tarfile.open(fileobj=self.file, mode="r:")
+            self.members = {m.name: m for m in self.tar.getmembers() if m.isfile()}
+        except (OSError, tarfile.TarError):  # an unreadable store is no store: everything is recomputed
+            self.close()
+
+    def get(self, key: str, inversion: str) -> bytes | None:
+        member = self.members.get(f"{key}.{inversion}.safetensors")
+        try:
+            return self.tar.extractfile(member).read() if member is not None else None
+        except (OSError, tarfile.TarError):
+            return None
+
+    def close(self) -> None:
+        for handle in (self.tar, self.file):
+            if handle is not None:
+                handle.close()
+        self.file = self.tar = None
+        self.members = {}
+
+
+def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterator[dict[str, Any]]:
+    """flat_map: a shard row {shard, shard_id, done} -> work rows {"work": ClipWork}.
+
+    mode "edit": a (clip, group) has work while one of its variants is not done; stored inversions
+    are attached for the inversion pool to check and reuse. mode "invert": while its inversion is not
+    stored yet (`done` then holds inversion pair ids)."""
     shard, shard_id, done = row["shard"], row["shard_id"], set(row["done"])
+    stored = StoredInversions(job.inversions if mode == "edit" else None, shard_id)
     started = time.perf_counter()
     try:
         for key, files in iter_samples(shard):
-            todo = {v.name for v in job.variants if pair_id(key, v.name) not in done}
-            if not todo:
-                continue
             video_ext = next((e for e in VIDEO_EXTENSIONS if e in files), "")
             error = "" if video_ext else f"sample {key!r} has no video ({', '.join('.' + e for e in VIDEO_EXTENSIONS)})"
             try:
@@ -78,10 +121,17 @@ def read_shard(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                 meta, error = {"key": key}, error or str(e)
             video = files.pop(video_ext, None)
             for clip, inversion, specs in group_variants(job):
-                if not todo & {v.name for v in specs}:
-                    continue
-                if not job.share_source:  # variants run alone: the done ones need not run again
-                    specs = [v for v in specs if v.name in todo]
+                inv_id = inversion_id(job, clip, inversion)
+                if mode == "invert":
+                    if pair_id(key, inv_id) in done:
+                        continue
+                    todo: set[str] = set()
+                else:
+                    todo = {v.name for v in specs if pair_id(key, v.name) not in done}
+                    if not todo:
+                        continue
+                    if not job.share_source:  # variants run alone: the done ones need not run again
+                        specs = [v for v in specs if v.name in todo]
                 variants = [variant_for_sample(spec, key, meta) for spec in specs]
                 for v in variants:
                     v.write = v.name in todo
@@ -97,6 +147,7 @@ def read_shard(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                     inversion_settings=inversion,
                     variants=variants,
                     error=error,
+                    stored_inversion=stored.get(key, inv_id),
                 )
                 work.seconds["read"] = time.perf_counter() - started
                 yield {"work": work}
@@ -104,6 +155,8 @@ def read_shard(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
     except Exception as e:  # an unreadable shard: one error row per variant, under an empty key
         message = f"cannot read shard {shard!r}: {one_line(e)}"
         yield {"work": shard_error(shard, shard_id, job, message)}
+    finally:
+        stored.close()
 
 
 def shard_error(shard: str, shard_id: str, job: JobSpec, message: str) -> ClipWork:

@@ -52,6 +52,8 @@ class ClipWork:
     frames: np.ndarray | None = None  # decoded source [F, H, W, 3]
     source: dict[str, Any] = field(default_factory=dict)  # fps, frames, width, height of the file
     inversion: Inversion | None = None
+    stored_inversion: bytes | None = None  # a stored inversion of this clip, to check and reuse
+    inversion_source: str = ""  # "computed", "stored" or "recomputed: <why the stored one was not used>"
     error: str = ""  # a clip-level failure: every variant fails with it
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -69,6 +71,15 @@ def group_id(clip: ClipSettings, inversion: InversionSettings) -> str:
     """A stable id of a clip geometry + inversion settings (the same in every process)."""
     text = json.dumps([dataclasses.asdict(clip), dataclasses.asdict(inversion)], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def inversion_id(job: JobSpec, clip: ClipSettings, inversion: InversionSettings) -> str:
+    """The name under which a clip's inversion is stored: backbone, weights and every setting that
+    changes it (the decoded frames' hash is checked separately, inside the entry)."""
+    text = json.dumps(
+        [job.backbone, job.model, dataclasses.asdict(clip), dataclasses.asdict(inversion)], sort_keys=True
+    )
+    return "inv-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def derive_seed(base: int, key: str, variant: str) -> int:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anyv2v_batch.operators.encode import PairResult
+from anyv2v_batch.operators.read_shards import split_member
 from anyv2v_batch.operators.storage import atomic_output, atomic_write, filesystem, join, list_files, remove
 from anyv2v_batch.operators.work import pair_id
 
@@ -43,9 +44,8 @@ def part_bytes(pair: PairResult) -> bytes:
     buffer = io.BytesIO()
     base = f"{pair.key}.{pair.variant}"
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for ext in ("json", "mp4", "png"):
-            if ext in pair.files:
-                _add(tar, f"{base}.{ext}", pair.files[ext])
+        for ext in sorted(pair.files):
+            _add(tar, f"{base}.{ext}", pair.files[ext])
         _add(tar, f"{base}.{ROW_SUFFIX}", json.dumps(pair.row, sort_keys=True).encode())
     return buffer.getvalue()
 
@@ -125,20 +125,20 @@ def compact_shard(output: str, shard_id: str) -> dict[str, int]:
     old = fs.open(shard_path, "rb") if fs.exists(shard_path) else None
     try:
         old_tar = tarfile.open(fileobj=old, mode="r:") if old is not None else None
-        old_members = {m.name: m for m in old_tar.getmembers()} if old_tar is not None else {}
+        old_members: dict[tuple[str, str], list[tarfile.TarInfo]] = {}
+        for m in old_tar.getmembers() if old_tar is not None else []:
+            key, ext = split_member(m.name)
+            old_members.setdefault((key, ext.split(".")[0]), []).append(m)
         with atomic_output(shard_url) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as out:
             for (key, variant), (row, url) in sorted(rows.items()):
                 if row["status"] != "ok":
                     continue
-                base = f"{key}.{variant}"
-                names = [f"{base}.{ext}" for ext in ("json", "mp4", "png")]
                 if url is not None:
                     files = read_part(url)[1]
                 else:
-                    files = {n: old_tar.extractfile(old_members[n]).read() for n in names if n in old_members}
-                for name in names:
-                    if name in files:
-                        _add(out, name, files[name])
+                    files = {m.name: old_tar.extractfile(m).read() for m in old_members.get((key, variant), [])}
+                for name in sorted(files):
+                    _add(out, name, files[name])
     finally:
         if old is not None:
             old.close()

@@ -26,6 +26,7 @@ GPU_POOLS = ("editor", "inversion", "sampler")
 @dataclass
 class JobSummary:
     output: str
+    unit: str
     shards: int
     pairs_done_before: int
     processed: int
@@ -38,7 +39,7 @@ class JobSummary:
 
     def line(self) -> str:
         return (
-            f"{self.processed} (clip, variant) pairs processed: {self.ok} ok, {self.errors} errors; "
+            f"{self.processed} {self.unit} processed: {self.ok} ok, {self.errors} errors; "
             f"{self.pairs_done_before} already done; {self.shards} shards -> {self.output} in {self.seconds:.1f} s"
         )
 
@@ -47,7 +48,7 @@ class JobSummary:
         return "pool utilisation (busy share of actor time): " + ", ".join(parts)
 
 
-def plan_shards(job: JobSpec) -> list[dict[str, Any]]:
+def plan_shards(job: JobSpec, output: str) -> list[dict[str, Any]]:
     """The input shards with their output names and the pairs each has done already."""
     from anyv2v_batch.operators.storage import expand_inputs, shard_id
     from anyv2v_batch.operators.write import completed_pairs
@@ -62,9 +63,7 @@ def plan_shards(job: JobSpec) -> list[dict[str, Any]]:
                 "give shards unique file names"
             )
         by_id[sid] = url
-    return [
-        {"shard": url, "shard_id": sid, "done": sorted(completed_pairs(job.output, sid))} for sid, url in by_id.items()
-    ]
+    return [{"shard": url, "shard_id": sid, "done": sorted(completed_pairs(output, sid))} for sid, url in by_id.items()]
 
 
 def check_job(job: JobSpec) -> None:
@@ -150,19 +149,20 @@ def resolve_pools(job: JobSpec) -> dict[str, PoolSpec]:
     return pools
 
 
-def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, PoolSpec]):
+def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, PoolSpec], mode: str = "edit"):
+    """The streaming pipeline. mode "edit": every stage; "invert": read, decode, inversion, store."""
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     from anyv2v_batch.operators.decode import decode_clip
     from anyv2v_batch.operators.editor_pool import EditorPool
-    from anyv2v_batch.operators.encode import encode_pairs
+    from anyv2v_batch.operators.encode import encode_inversions, encode_pairs
     from anyv2v_batch.operators.inversion_pool import InversionPool
     from anyv2v_batch.operators.read_shards import read_shard
     from anyv2v_batch.operators.sampler_pool import SamplerPool
     from anyv2v_batch.operators.write import write_part
 
-    def actors(ds, cls, name: str):
+    def actors(ds, cls, name: str, **kwargs):
         pool = pools[name]
         return ds.map_batches(
             cls,
@@ -170,24 +170,40 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
             batch_size=pool.batch_size,
             num_gpus=pool.num_gpus,
             num_cpus=pool.num_cpus,
-            fn_constructor_kwargs={"job": job, "num_cpus": pool.num_cpus},
+            fn_constructor_kwargs={"job": job, "num_cpus": pool.num_cpus, **kwargs},
         )
 
     decode, encode = pools["decode"], pools["encode"]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.flat_map(read_shard, fn_kwargs={"job": job}, num_cpus=decode.num_cpus)
+    ds = ds.flat_map(read_shard, fn_kwargs={"job": job, "mode": mode}, num_cpus=decode.num_cpus)
     ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
-    ds = actors(ds, EditorPool, "editor")
-    ds = actors(ds, InversionPool, "inversion")
-    ds = actors(ds, SamplerPool, "sampler")
-    ds = ds.flat_map(encode_pairs, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
+    if mode == "edit":
+        ds = actors(ds, EditorPool, "editor")
+        ds = actors(ds, InversionPool, "inversion")
+        ds = actors(ds, SamplerPool, "sampler")
+        ds = ds.flat_map(encode_pairs, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
+    else:
+        ds = actors(ds, InversionPool, "inversion", keep_all=job.store_all_timesteps)
+        ds = ds.flat_map(encode_inversions, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
     return ds.map(
-        write_part, fn_kwargs={"output": job.output}, num_cpus=encode.num_cpus, compute=TaskPoolStrategy(encode.size)
-    )
+        write_part, fn_kwargs={"output": job_output(job, mode)}, num_cpus=encode.num_cpus,
+        compute=TaskPoolStrategy(encode.size),
+    )  # fmt: skip
 
 
-def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSummary:
-    """Run (or resume) a job to completion and compact its output."""
+def job_output(job: JobSpec, mode: str) -> str:
+    """Where a job writes: its output, or for `invert` its inversions store."""
+    if mode == "edit":
+        return job.output
+    if not job.inversions:
+        raise AnyV2VError("invert writes to the job's `inversions` store: set it in the job file or --inversions")
+    return job.inversions
+
+
+def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None, mode: str = "edit") -> JobSummary:
+    """Run (or resume) a job to completion and compact its output.
+
+    mode "invert": only invert the clips, into the job's `inversions` store, for later runs to reuse."""
     import ray
 
     from anyv2v_batch.operators.storage import join, remove_if_empty
@@ -196,9 +212,11 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSum
 
     started = time.perf_counter()
     check_job(job)
-    items = plan_shards(job)
+    output = job_output(job, mode)
+    items = plan_shards(job, output)
     done_before = sum(len(i["done"]) for i in items)
-    log(f"{len(items)} input shards; {done_before} (clip, variant) pairs already done in {job.output}")
+    unit = "(clip, variant) pairs" if mode == "edit" else "clip inversions"
+    log(f"{len(items)} input shards; {done_before} {unit} already done in {output}")
     init_ray(job)
     pools = resolve_pools(job)
     counts: Counter[str] = Counter()
@@ -206,7 +224,7 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSum
     busy: Counter[str] = Counter()
     clip_seconds: dict[tuple, dict[str, float]] = {}
     streamed = time.perf_counter()
-    for row in build_dataset(job, items, pools).iter_rows():
+    for row in build_dataset(job, items, pools, mode).iter_rows():
         counts[row["status"]] += 1
         if row["status"] == "error" and len(examples) < 5:
             examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
@@ -218,11 +236,12 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSum
     wall = time.perf_counter() - streamed
     compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
     wanted = {i["shard_id"] for i in items}
-    pending = [compact.remote(job.output, sid) for sid in sorted(shards_with_parts(job.output) & wanted)]
-    ray.get(pending)
-    remove_if_empty(join(job.output, "_parts"))
+    ray.get([compact.remote(output, sid) for sid in sorted(shards_with_parts(output) & wanted)])
+    remove_if_empty(join(output, "_parts"))
+    sizes = {n: pools[n].size for n in GPU_POOLS if mode == "edit" or n == "inversion"}
     return JobSummary(
-        output=job.output,
+        output=output,
+        unit=unit,
         shards=len(items),
         pairs_done_before=done_before,
         processed=counts["ok"] + counts["error"],
@@ -230,6 +249,6 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None) -> JobSum
         errors=counts["error"],
         seconds=time.perf_counter() - started,
         error_examples=examples,
-        pool_sizes={n: pools[n].size for n in GPU_POOLS},
-        utilisation=utilisation(busy, wall, {n: pools[n].size for n in GPU_POOLS}),
+        pool_sizes=sizes,
+        utilisation=utilisation(busy, wall, sizes),
     )

@@ -1,0 +1,102 @@
+"""Stored inversions: safetensors entries written by `invert`, reused by `run`, never trusted blindly."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import TINY_MODEL, moving_clip, rel_err
+from shards import mp4, png, read_tar, recolor, write_shard
+
+from anyv2v_batch.inversion import inversion_from_bytes, inversion_to_bytes
+from anyv2v_batch.job import build_job
+
+
+def test_inversion_bytes_round_trip_and_damage_is_detected(case_a):
+    inv = case_a.reference_inversion().keep([901, 801, 701])
+    data = inversion_to_bytes(inv, {"frames_sha256": "abc"})
+    back, meta = inversion_from_bytes(data)
+    assert back.timesteps == inv.timesteps and torch.equal(back.latents, inv.latents)
+    assert (back.source_first_frame == inv.source_first_frame).all() and back.settings == inv.settings
+    assert meta["frames_sha256"] == "abc" and meta["backbone"] == "i2vgen-xl"
+    assert rel_err(back.latents, inv.latents) == 0
+    bad_values = inversion_to_bytes(type(inv)(**{**inv.__dict__, "latents": inv.latents * float("nan")}))
+    for damaged, why in [(data[: len(data) // 2], "truncated|not readable"), (b"\x00" * 64, "not readable"),
+                         (data.replace(b"anyv2v-inversion/1", b"anyv2v-inversion/9"), "not an"),
+                         (bad_values, "values are wrong")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            inversion_from_bytes(damaged)
+    assert b"pickle" not in data and data[8:9] == b"{"  # a JSON header: safetensors, no pickle
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def job_for(root, out: str, inversions: bool = True):
+    raw = {
+        "input": str(root / "in" / "000.tar"), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
+        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 10}, "edit": {"steps": 5},
+        "variants": [{"name": "a", "prompt": "{caption}"}, {"name": "b", "prompt": "{caption}, at night"}],
+        "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+    }  # fmt: skip
+    if inversions:
+        raw["inversions"] = str(root / "store")
+    return build_job(raw)
+
+
+def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path):
+    from anyv2v_batch.pipelines.anyv2v_job import run_job
+
+    members = []
+    for i in range(3):
+        clip = moving_clip(10, 32, 32, seed=i)
+        members += [(f"c{i}.mp4", mp4(clip)), (f"c{i}.txt", b"a car"), (f"c{i}.edited.png", png(recolor(clip[0])))]
+    write_shard(tmp_path / "in" / "000.tar", members)
+
+    first = run_job(job_for(tmp_path, "unused"), mode="invert")
+    assert (first.ok, first.errors) == (3, 0)
+    store = read_tar(tmp_path / "store" / "shards" / "000.tar")
+    assert len(store) == 3 and all(name.endswith(".safetensors") and ".inv-" in name for name in store)
+    assert run_job(job_for(tmp_path, "unused"), mode="invert").processed == 0  # resumable: nothing left
+
+    baseline = run_job(job_for(tmp_path, "baseline", inversions=False))
+    reused = run_job(job_for(tmp_path, "reused"))
+    assert baseline.ok == reused.ok == 6
+    rows = pq.read_table(tmp_path / "reused" / "metadata").to_pylist()
+    assert {r["inversion_source"] for r in rows} == {"stored"}
+    assert read_tar(tmp_path / "reused" / "shards" / "000.tar") == read_tar(
+        tmp_path / "baseline" / "shards" / "000.tar"
+    )
+
+    # damage one entry and make another belong to other frames: both are recomputed, never used
+    names = sorted(store)
+    entry, meta = inversion_from_bytes(store[names[1]])
+    store[names[0]] = store[names[0]][:-100]
+    store[names[1]] = inversion_to_bytes(entry, {**meta, "frames_sha256": "0" * 64})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = len(store[name])
+            tar.addfile(info, io.BytesIO(store[name]))
+    (tmp_path / "store" / "shards" / "000.tar").write_bytes(buffer.getvalue())
+    assert run_job(job_for(tmp_path, "checked")).ok == 6
+    sources = {r["key"]: r["inversion_source"] for r in pq.read_table(tmp_path / "checked" / "metadata").to_pylist()}
+    assert sources["c0"].startswith("recomputed: stored inversion not usable (not readable")
+    assert sources["c1"] == "recomputed: stored inversion not usable (made from other frames_sha256)"
+    assert sources["c2"] == "stored"
+    assert read_tar(tmp_path / "checked" / "shards" / "000.tar") == read_tar(
+        tmp_path / "baseline" / "shards" / "000.tar"
+    )
+    settings = json.loads(read_tar(tmp_path / "checked" / "shards" / "000.tar")["c0.a.json"])
+    assert settings["inversion"]["steps"] == 10
