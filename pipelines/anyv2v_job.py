@@ -204,15 +204,22 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None, mode: str
     """Run (or resume) a job to completion and compact its output.
 
     mode "invert": only invert the clips, into the job's `inversions` store, for later runs to reuse."""
+    from anyv2v_batch.operators.lock import OutputLock
+
+    started = time.perf_counter()
+    check_job(job)
+    output = job_output(job, mode)
+    with OutputLock(output):
+        return _run_locked(job, output, log, mode, started)
+
+
+def _run_locked(job: JobSpec, output: str, log: Callable[[str], None], mode: str, started: float) -> JobSummary:
     import ray
 
     from anyv2v_batch.operators.storage import join, remove_if_empty
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
     from anyv2v_batch.pipelines.balance import utilisation
 
-    started = time.perf_counter()
-    check_job(job)
-    output = job_output(job, mode)
     items = plan_shards(job, output)
     done_before = sum(len(i["done"]) for i in items)
     unit = "(clip, variant) pairs" if mode == "edit" else "clip inversions"

@@ -92,3 +92,30 @@ def test_expand_inputs_and_shard_ids(tmp_path):
     assert expand_inputs([str(tmp_path / "{000..001}.tar")]) == [str(tmp_path / "000.tar"), str(tmp_path / "001.tar")]
     assert expand_inputs([str(tmp_path / "*.tar"), str(tmp_path / "000.tar")])[-1] == str(tmp_path / "002.tar")
     assert shard_id("s3://b/x/000123.tar") == "000123" and shard_id("a/b.tar.gz") == "b"
+
+
+def test_one_run_per_output_and_dead_runs_locks_are_taken_over(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from anyv2v_batch import AnyV2VError
+    from anyv2v_batch.operators.lock import OutputLock
+
+    out = str(tmp_path / "out")
+    with OutputLock(out):
+        with pytest.raises(AnyV2VError, match=r"being written by another run \(pid \d+"):
+            OutputLock(out).__enter__()
+    assert not (tmp_path / "out" / "_lock.json").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = OutputLock(out)
+    (tmp_path / "out" / "_lock.json").write_text(json.dumps({**lock.mine, "pid": int(dead.stdout)}))
+    with lock:  # its process is gone: taken over
+        assert json.loads((tmp_path / "out" / "_lock.json").read_text())["pid"] == lock.mine["pid"]
+    (tmp_path / "out" / "_lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0}))
+    with OutputLock(out):  # too old: taken over
+        pass
+    (tmp_path / "out" / "_lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": time.time()}))
+    with pytest.raises(AnyV2VError):
+        OutputLock(out).__enter__()
