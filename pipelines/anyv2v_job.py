@@ -48,14 +48,12 @@ class JobSummary:
         return "pool utilisation (busy share of actor time): " + ", ".join(parts)
 
 
-def plan_shards(job: JobSpec, output: str) -> list[dict[str, Any]]:
-    """The input shards with their output names and the pairs each has done already."""
+def input_shards(job: JobSpec) -> dict[str, str]:
+    """Output shard name -> input shard URL, for every input (checked to exist, names unique)."""
     from anyv2v_batch.operators.storage import expand_inputs, shard_id
-    from anyv2v_batch.operators.write import completed_pairs
 
-    urls = expand_inputs(job.input)
     by_id: dict[str, str] = {}
-    for url in urls:
+    for url in expand_inputs(job.input):
         sid = shard_id(url)
         if sid in by_id:
             raise AnyV2VError(
@@ -63,7 +61,16 @@ def plan_shards(job: JobSpec, output: str) -> list[dict[str, Any]]:
                 "give shards unique file names"
             )
         by_id[sid] = url
-    return [{"shard": url, "shard_id": sid, "done": sorted(completed_pairs(output, sid))} for sid, url in by_id.items()]
+    return by_id
+
+
+def plan_shards(shards: dict[str, str], output: str) -> list[dict[str, Any]]:
+    """The work items: each input shard with its output name and the pairs it has done already."""
+    from anyv2v_batch.operators.write import completed_pairs
+
+    return [
+        {"shard": url, "shard_id": sid, "done": sorted(completed_pairs(output, sid))} for sid, url in shards.items()
+    ]
 
 
 def check_job(job: JobSpec) -> None:
@@ -209,18 +216,21 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None, mode: str
     started = time.perf_counter()
     check_job(job)
     output = job_output(job, mode)
+    shards = input_shards(job)  # bad inputs fail here, before anything is written
     with OutputLock(output):
-        return _run_locked(job, output, log, mode, started)
+        return _run_locked(job, shards, output, log, mode, started)
 
 
-def _run_locked(job: JobSpec, output: str, log: Callable[[str], None], mode: str, started: float) -> JobSummary:
+def _run_locked(
+    job: JobSpec, shards: dict[str, str], output: str, log: Callable[[str], None], mode: str, started: float
+) -> JobSummary:
     import ray
 
     from anyv2v_batch.operators.storage import join, remove_if_empty
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
     from anyv2v_batch.pipelines.balance import utilisation
 
-    items = plan_shards(job, output)
+    items = plan_shards(shards, output)
     done_before = sum(len(i["done"]) for i in items)
     unit = "(clip, variant) pairs" if mode == "edit" else "clip inversions"
     log(f"{len(items)} input shards; {done_before} {unit} already done in {output}")
