@@ -3,8 +3,9 @@
 Two runs writing one output (a scheduled job whose previous run is still going, say) would not
 corrupt it, since every write is atomic and named by its pair, but the later compaction of one run
 could drop parts the other wrote meanwhile, and both would spend GPUs on the same pairs. The lock
-says who holds it; a lock left by a run that died is taken over: on this host when its process is
-gone, anywhere once it is older than `stale_after` seconds.
+says who holds it and is refreshed every minute while the run lives; a lock left by a run that died
+is taken over: on this host as soon as its process is gone, anywhere once it has not been refreshed
+for `stale_after` seconds (15 minutes).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 
 from fsspec.implementations.local import LocalFileSystem
@@ -31,14 +33,17 @@ def _alive(pid: int) -> bool:
 
 
 class OutputLock:
-    def __init__(self, output: str, stale_after: float = 24 * 3600):
+    def __init__(self, output: str, stale_after: float = 15 * 60, heartbeat: float = 60):
         self.url = join(output, "_lock.json")
-        self.stale_after = stale_after
+        self.stale_after, self.heartbeat = stale_after, heartbeat
         self.fs, self.path = filesystem(self.url)
-        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        now = time.time()
+        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "refreshed": now}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _stale(self, held: dict) -> bool:
-        if time.time() - float(held.get("started", 0)) > self.stale_after:
+        if time.time() - float(held.get("refreshed", held.get("started", 0))) > self.stale_after:
             return True
         return held.get("host") == self.mine["host"] and not _alive(int(held.get("pid", -1)))
 
@@ -60,9 +65,19 @@ class OutputLock:
         self.fs.pipe_file(self.path, data)
         return True
 
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            self.mine["refreshed"] = time.time()
+            try:
+                self.fs.pipe_file(self.path, json.dumps(self.mine).encode())
+            except OSError:
+                pass  # a missed beat only brings the takeover closer
+
     def __enter__(self) -> OutputLock:
         for _ in range(2):
             if self._create():
+                self._thread = threading.Thread(target=self._refresh, name="output-lock", daemon=True)
+                self._thread.start()
                 return self
             try:
                 held = json.loads(self.fs.cat_file(self.path))
@@ -78,6 +93,9 @@ class OutputLock:
         raise AnyV2VError(f"cannot take the lock {self.url}; another run keeps taking it")
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
         try:
             held = json.loads(self.fs.cat_file(self.path))
         except (OSError, ValueError):

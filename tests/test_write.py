@@ -114,8 +114,11 @@ def test_one_run_per_output_and_dead_runs_locks_are_taken_over(tmp_path):
     with lock:  # its process is gone: taken over
         assert json.loads((tmp_path / "out" / "_lock.json").read_text())["pid"] == lock.mine["pid"]
     (tmp_path / "out" / "_lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0}))
-    with OutputLock(out):  # too old: taken over
+    with OutputLock(out):  # not refreshed for too long: taken over
         pass
+    with OutputLock(out, heartbeat=0.05) as held:  # a live run keeps refreshing its lock
+        time.sleep(0.3)
+        assert json.loads((tmp_path / "out" / "_lock.json").read_text())["refreshed"] > held.mine["started"]
     (tmp_path / "out" / "_lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": time.time()}))
     with pytest.raises(AnyV2VError):
         OutputLock(out).__enter__()
