@@ -43,10 +43,15 @@ def _say(quiet: bool, message: str) -> None:
         typer.echo(message, err=True)
 
 
-def _check_output(source: Path, output: Path, overwrite: bool) -> None:
+def _check_output(source: Path, output: Path, overwrite: bool, kinds: str = "video") -> None:
+    """An output that is not the input, of a kind the command writes, and not there unless --overwrite.
+
+    kinds "video": a .mp4 file or a folder (PNG frames); "png": a .png file."""
     if output.resolve() == source.resolve():
         raise AnyV2VError(f"output {str(output)!r} is the source itself; choose another -o path")
-    if output.suffix and output.suffix.lower() != ".mp4":
+    if kinds == "png" and output.suffix.lower() != ".png":
+        raise AnyV2VError(f"output {str(output)!r}: edit-frame writes a .png file")
+    if kinds == "video" and output.suffix and output.suffix.lower() != ".mp4":
         raise AnyV2VError(f"output {str(output)!r}: use a .mp4 file or a folder name (for PNG frames)")
     if output.exists() and not overwrite:
         raise AnyV2VError(f"output {str(output)!r} already exists; pass --overwrite to replace it")
@@ -211,12 +216,7 @@ def edit_frame(
     ClipSettings(frames=2, fps=fps, width=width, height=height, resize=resize).validate()
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
-    if output.suffix.lower() != ".png":
-        raise AnyV2VError(f"output {str(output)!r}: edit-frame writes a .png file")
-    if output.exists() and not overwrite:
-        raise AnyV2VError(f"output {str(output)!r} already exists; pass --overwrite to replace it")
-    if output.resolve() == source.resolve():
-        raise AnyV2VError(f"output {str(output)!r} is the source itself; choose another -o path")
+    _check_output(source, output, overwrite, kinds="png")
     options = _editor_options(editor, editor_option, first_frame, edit_prompt)
 
     from .loading import quiet_libraries
