@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .backbones.base import Backbone, Branch
+from .backbones.base import Backbone, Branch, cat_conditioning
 from .errors import AnyV2VError
 from .imaging import as_rgb_array, fit_frame
 from .injection import BranchPlan, FeatureInjector
@@ -206,7 +206,7 @@ def edit_batch(
                     neg_row[j] = row
                 row += 1
         cond_parts.append(backbone.condition(branches, clip.num_frames, clip.fps))
-    cond_all = {k: torch.cat([p[k] for p in cond_parts]) for k in cond_parts[0]}
+    cond_all = cat_conditioning(cond_parts)
 
     generators = [torch.Generator("cpu").manual_seed(r.settings.seed) for r in requests]
     xs = []

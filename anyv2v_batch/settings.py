@@ -6,10 +6,11 @@ into metadata. Validation raises `AnyV2VError` naming the CLI flag of the bad va
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import AnyV2VError
+from .imaging import RESIZE_MODES
 
 OFFICIAL_NEGATIVE_PROMPT = (
     "Distorted, discontinuous, Ugly, blurry, low resolution, motionless, static, disfigured, "
@@ -51,7 +52,7 @@ class ClipSettings:
         for name in ("width", "height"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 8 and v % 8 == 0, name, "a positive multiple of 8", v)
-        _check(self.resize in ("stretch", "crop", "pad"), "resize", "one of stretch, crop, pad", self.resize)
+        _check(self.resize in RESIZE_MODES, "resize", f"one of {', '.join(RESIZE_MODES)}", self.resize)
         return self
 
 
@@ -117,12 +118,3 @@ class EditSettings:
     def uses_guidance(self) -> bool:
         # the official pipeline batches a negative branch only when guidance_scale > 1
         return self.guidance_scale > 1.0
-
-
-def as_dict(settings: Any) -> dict[str, Any]:
-    """Settings as a JSON-ready dict (for metadata and cache keys)."""
-    return asdict(settings)
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]

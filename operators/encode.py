@@ -16,7 +16,7 @@ from typing import Any
 from anyv2v_batch import __version__
 from anyv2v_batch.inversion import inversion_to_bytes
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.work import ClipWork, VariantWork, group_id, inversion_id, one_line
+from anyv2v_batch.operators.work import ClipWork, VariantWork, inversion_id, one_line
 from anyv2v_batch.video_io import encode_mp4, encode_png
 
 
@@ -122,7 +122,7 @@ def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                 error,
                 metadata_row(job, work, variant, status, error),
                 files,
-                group=group_id(work.clip, work.inversion_settings),
+                group=inversion_id(job, work.clip, work.inversion_settings),
                 seconds={**work.seconds, **variant.seconds},
             )
         }

@@ -67,12 +67,6 @@ def pair_id(key: str, variant: str) -> str:
     return hashlib.sha256(f"{key}\0{variant}".encode()).hexdigest()[:24]
 
 
-def group_id(clip: ClipSettings, inversion: InversionSettings) -> str:
-    """A stable id of a clip geometry + inversion settings (the same in every process)."""
-    text = json.dumps([dataclasses.asdict(clip), dataclasses.asdict(inversion)], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def inversion_id(job: JobSpec, clip: ClipSettings, inversion: InversionSettings) -> str:
     """The name under which a clip's inversion is stored: backbone, weights and every setting that
     changes it (the decoded frames' hash is checked separately, inside the entry)."""

@@ -151,13 +151,3 @@ def compact_shard(output: str, shard_id: str) -> dict[str, int]:
     remove(join(output, "_parts", shard_id))
     ok = sum(r["status"] == "ok" for r in ordered)
     return {"rows": len(ordered), "ok": ok, "error": len(ordered) - ok}
-
-
-def read_table(output: str) -> pa.Table:
-    """The whole metadata table of an output (every shard's Parquet file)."""
-    tables = []
-    for url in list_files(join(output, "metadata"), ".parquet"):
-        fs, path = filesystem(url)
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f))
-    return pa.concat_tables(tables) if tables else pa.table({})
