@@ -142,8 +142,8 @@ def edit(
     bb.check_clip(clip_settings)
     if compile:
         bb.compile()
-    needed = plan_sampling(bb.scheduler(), edit_settings).needed
-    check_inversion_serves(inversion_steps, needed, bb)
+    needed = plan_sampling(bb, edit_settings, inv_settings).needed
+    check_inversion_serves(inv_settings, needed, bb)
     _say(quiet, f"inverting {source} ({frames} frames, {width}x{height}, {inversion_steps} steps)")
     t0 = time.perf_counter()
     inversion = invert(bb, clip.frames, inv_settings, fps=fps, keep=needed)

@@ -51,7 +51,7 @@ class Inversion:
         try:
             i = self.timesteps.index(int(t))
         except ValueError:
-            raise missing_timestep_error(int(t), self.settings.steps) from None
+            raise missing_timestep_error(int(t), self.settings.steps, self.settings.save_steps) from None
         return self.latents[i : i + 1]
 
     def keep(self, timesteps: Iterable[int]) -> Inversion:
@@ -69,7 +69,13 @@ class Inversion:
         )
 
 
-def missing_timestep_error(t: int, inversion_steps: int) -> AnyV2VError:
+def missing_timestep_error(t: int, inversion_steps: int, save_steps: int | None = None) -> AnyV2VError:
+    if save_steps is not None:
+        return AnyV2VError(
+            f"the inversion stores no latent at timestep {t}: {inversion_steps} inversion steps saved on a "
+            f"{save_steps}-step grid do not hold it; pick --inversion-steps and --inversion-save-steps whose "
+            "timesteps include every one the edit reads (the official 500 and 250 serve 50 sampling steps)"
+        )
     return AnyV2VError(
         f"the inversion holds no latent at timestep {t}: {inversion_steps} inversion steps do not visit it; "
         "pick --inversion-steps so that they include every sampling timestep (e.g. 500, 250, 100 or 50 "
@@ -161,24 +167,31 @@ def invert_batch(
 
     scheduler = backbone.scheduler(inverse=True)
     timesteps = set_schedule(scheduler, settings.steps, "--inversion-steps")
-    wanted = None if keep is None else {int(t) for t in keep}
+    stored = set(backbone.stored_timesteps(settings))
+    wanted = stored if keep is None else stored & {int(t) for t in keep}
+    # the conditioning row of each clip's positive branch (guidance puts the negatives first)
+    rows = [c + (len(clips) if settings.guidance_scale > 1.0 else 0) for c in range(len(clips))]
 
     if latents is None:
-        x = torch.cat([backbone.encode_video(c) for c in clips])
+        video = torch.cat([backbone.encode_video(c) for c in clips])
     else:
-        x = torch.cat([lat.to(backbone.device, torch.float32) for lat in latents])
+        video = torch.cat([lat.to(backbone.device, torch.float32) for lat in latents])
+    x = backbone.sampled_part(video)  # ConsistI2V: frame 0 is a condition, not inverted
     kept_t: list[int] = []
     kept_x: list[list[torch.Tensor]] = [[] for _ in clips]
     for i, t in enumerate(timesteps):
         v = guided_prediction(backbone, x, t, cond, settings.guidance_scale)
         x = scheduler.step(v, t, x).prev_sample
+        if on_step is None and t not in wanted:
+            continue
+        full = [backbone.full_video(x[c : c + 1], cond, rows[c]) for c in range(len(clips))]
         if on_step is not None:
             for c in range(len(clips)):
-                on_step(c, i, t, x[c : c + 1])
-        if wanted is None or t in wanted:
+                on_step(c, i, t, full[c])
+        if t in wanted:
             kept_t.append(t)
             for c in range(len(clips)):
-                kept_x[c].append(x[c].to("cpu", torch.float32))
+                kept_x[c].append(full[c][0].to("cpu", torch.float32))
     return [
         Inversion(
             backbone=backbone.name,

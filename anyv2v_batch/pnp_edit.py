@@ -19,7 +19,7 @@ from .errors import AnyV2VError
 from .imaging import as_rgb_array, fit_frame
 from .injection import BranchPlan, FeatureInjector
 from .inversion import Inversion, missing_timestep_error, set_schedule
-from .settings import EditSettings
+from .settings import EditSettings, InversionSettings
 
 INJECTION_KINDS = ("conv", "spatial", "temporal")
 
@@ -57,21 +57,31 @@ def prepare_first_frame(frame, width: int, height: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """Which timesteps an edit runs, where it injects, and how long it needs the source branch."""
+    """Which timesteps an edit runs, where it injects, and which stored inversion latents it reads."""
 
     timesteps: list[int]  # the full sampling schedule
     run: list[int]  # the steps that run: timesteps[init_step:]
     windows: dict[str, set[int]]  # kind -> timesteps at which it injects
     last_source_step: int  # index into `run` of the last step with the source branch; -1: none
+    start: int  # the stored inversion timestep the edit starts from
+    source: list[int]  # the stored inversion timestep the source branch reads at each step of `run`
 
     @property
     def needed(self) -> list[int]:
         """The inverted latents the edit reads: the start, and the source branch's steps."""
-        return sorted(set(self.run[:1] + self.run[: self.last_source_step + 1]), reverse=True)
+        return sorted({self.start, *self.source[: self.last_source_step + 1]}, reverse=True)
 
 
-def plan_sampling(scheduler, settings: EditSettings, inject: bool = True, trim_source: bool = True) -> SamplingPlan:
-    """Set `scheduler`'s timesteps for `settings` and plan the edit (see `edit` for the flags)."""
+def plan_sampling(
+    backbone: Backbone,
+    settings: EditSettings,
+    inversion_settings: InversionSettings,
+    inject: bool = True,
+    trim_source: bool = True,
+    scheduler=None,
+) -> SamplingPlan:
+    """Plan the edit (see `edit` for the flags); sets the timesteps of `scheduler` if one is given."""
+    scheduler = backbone.scheduler() if scheduler is None else scheduler
     timesteps = set_schedule(scheduler, settings.steps, "--steps")
     run = timesteps[settings.init_step :]
     windows = injection_windows(timesteps, settings) if inject else {k: set() for k in INJECTION_KINDS}
@@ -82,24 +92,35 @@ def plan_sampling(scheduler, settings: EditSettings, inject: bool = True, trim_s
         last = injecting[-1] if injecting else -1
     else:
         last = len(run) - 1
-    return SamplingPlan(timesteps, run, windows, last)
+    start = backbone.start_timestep(run, inversion_settings)
+    return SamplingPlan(timesteps, run, windows, last, start, [backbone.source_timestep(t) for t in run])
 
 
-def check_inversion_serves(inversion_steps: int, needed: list[int], backbone: Backbone) -> None:
-    """Refuse, before any work, an edit whose timesteps an inversion of `inversion_steps` lacks."""
-    have = set(set_schedule(backbone.scheduler(inverse=True), inversion_steps, "--inversion-steps"))
+def check_inversion_serves(inversion_settings: InversionSettings, needed: list[int], backbone: Backbone) -> None:
+    """Refuse, before any work, an edit whose timesteps an inversion with these settings does not store."""
+    have = set(backbone.stored_timesteps(inversion_settings))
     for t in needed:
         if t not in have:
-            raise missing_timestep_error(t, inversion_steps)
+            raise missing_timestep_error(t, inversion_settings.steps, inversion_settings.save_steps)
 
 
-def edit_branches(inversion: Inversion, first_frame: np.ndarray, settings: EditSettings) -> list[Branch]:
+def source_frame(backbone: Backbone, inversion: Inversion, edited_frame: np.ndarray, settings: EditSettings):
+    """The first frame the source branch is conditioned on: the source's own, except where the official
+    code uses the edited one (ConsistI2V) and the fix is not asked for."""
+    if backbone.source_branch_on_edited_frame and not settings.fix_source_frame:
+        return edited_frame
+    return inversion.source_first_frame
+
+
+def edit_branches(
+    backbone: Backbone, inversion: Inversion, first_frame: np.ndarray, settings: EditSettings
+) -> list[Branch]:
     """[source, negative, editing] (without guidance: [source, editing]).
 
-    source: the inversion prompt and the *source* first frame; negative: the negative prompt, a zero
-    image embedding and the edited frame's latent; editing: the prompt and the edited frame.
+    source: the inversion prompt and the source first frame (see `source_frame`); negative: the negative
+    prompt, a zero image embedding and the edited frame's latent; editing: the prompt and the edited frame.
     """
-    branches = [Branch(inversion.settings.prompt, inversion.source_first_frame)]
+    branches = [Branch(inversion.settings.prompt, source_frame(backbone, inversion, first_frame, settings))]
     if settings.uses_guidance:
         branches.append(Branch(settings.negative_prompt, first_frame, image_embedding=False))
     branches.append(Branch(settings.prompt, first_frame))
@@ -132,6 +153,7 @@ def edit(
     trim_source: bool = True,
     positions: dict[str, tuple[str, ...]] | None = None,
     on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+    variance_noise: Callable[[int], torch.Tensor] | None = None,
 ) -> EditResult:
     """Edit the inverted clip so that it starts from `edited_first_frame`.
 
@@ -144,7 +166,7 @@ def edit(
     request = EditRequest(inversion, edited_first_frame, settings)
     return edit_batch(
         backbone, [request], decode=decode, inject=inject, trim_source=trim_source, positions=positions,
-        on_step=step_hook,
+        on_step=step_hook, variance_noise=None if variance_noise is None else (lambda r, i: variance_noise(i)),
     )[0]  # fmt: skip
 
 
@@ -158,13 +180,16 @@ def edit_batch(
     trim_source: bool = True,
     positions: dict[str, tuple[str, ...]] | None = None,
     on_step: Callable[[int, int, int, torch.Tensor], None] | None = None,
+    variance_noise: Callable[[int, int], torch.Tensor] | None = None,
 ) -> list[EditResult]:
     """Several edits in the same UNet calls; each result equals its edit alone (to float rounding).
 
     Requests of one clip (the same `Inversion` object) share its source branch, so a clip with V
     variants costs 1 + 2V batch entries per step instead of 3V. All requests need the same schedule
     and latent shape (group them by `batch_key`). on_step(request, i, t, latent) is called with each
-    editing latent entering each UNet call.
+    editing latent entering each UNet call. variance_noise(request, i): the noise a stochastic sampler
+    (SEINE's DDPM) adds at step i, instead of a draw from the request's seeded generator (to replay a
+    recorded run).
     """
     for r in requests:
         r.settings.validate()
@@ -173,32 +198,36 @@ def edit_batch(
     if len({batch_key(r) for r in requests}) != 1:
         raise ValueError("edit_batch needs one schedule and one latent shape; group requests by batch_key")
     scheduler = backbone.scheduler()
-    plans = [plan_sampling(scheduler, r.settings, inject=inject, trim_source=trim_source) for r in requests]
+    plans = [
+        plan_sampling(backbone, r.settings, r.inversion.settings, inject, trim_source, scheduler) for r in requests
+    ]
     for r, plan in zip(requests, plans, strict=True):
         for t in plan.needed:
             r.inversion.at(t)  # fail before any work if an inversion lacks a needed timestep
     run = plans[0].run
+    frames = [prepare_first_frame(r.first_frame, *r.inversion.size) for r in requests]
 
-    # clips in first-appearance order; each carries its source branch while any of its edits injects
-    clips: list[Inversion] = []
-    clip_of: list[int] = []
-    for r in requests:
-        index = next((i for i, c in enumerate(clips) if c is r.inversion), None)
+    # source branches in first-appearance order: one per clip (the same `Inversion` object), carried
+    # while any of its edits injects; per edit where it is conditioned on the edited frame (ConsistI2V)
+    sources: list[tuple[Inversion, np.ndarray]] = []
+    source_of: list[int] = []
+    for j, r in enumerate(requests):
+        frame = source_frame(backbone, r.inversion, frames[j], r.settings)
+        index = next((i for i, (c, f) in enumerate(sources) if c is r.inversion and f is frame), None)
         if index is None:
-            clips.append(r.inversion)
-            index = len(clips) - 1
-        clip_of.append(index)
-    members = [[j for j, c in enumerate(clip_of) if c == i] for i in range(len(clips))]
+            sources.append((r.inversion, frame))
+            index = len(sources) - 1
+        source_of.append(index)
+    members = [[j for j, c in enumerate(source_of) if c == i] for i in range(len(sources))]
     last_source = [max(plans[j].last_source_step for j in m) for m in members]
 
-    # conditioning rows: per clip [source, (negative,) editing, (negative,) editing, ...]
-    frames = [prepare_first_frame(r.first_frame, *r.inversion.size) for r in requests]
+    # conditioning rows: per source [source, (negative,) editing, (negative,) editing, ...]
     cond_parts, source_row, neg_row, edit_row, row = [], {}, {}, {}, 0
-    for c, clip in enumerate(clips):
-        branches = [Branch(clip.settings.prompt, clip.source_first_frame)]
+    for c, (clip, frame) in enumerate(sources):
+        branches = [Branch(clip.settings.prompt, frame)]
         source_row[c], row = row, row + 1
         for j in members[c]:
-            for b in edit_branches(clip, frames[j], requests[j].settings)[1:]:
+            for b in edit_branches(backbone, clip, frames[j], requests[j].settings)[1:]:
                 branches.append(b)
                 if b.image_embedding:
                     edit_row[j] = row
@@ -210,12 +239,12 @@ def edit_batch(
 
     generators = [torch.Generator("cpu").manual_seed(r.settings.seed) for r in requests]
     xs = []
-    for r, g in zip(requests, generators, strict=True):
-        x = r.inversion.at(run[0]).to(backbone.device)
+    for r, g, plan in zip(requests, generators, plans, strict=True):
+        x = r.inversion.at(plan.start).to(backbone.device)
         if r.settings.random_ratio > 0:
             noise = torch.randn(x.shape, generator=g).to(x.device)
             x = noise * r.settings.random_ratio + x * (1 - r.settings.random_ratio)
-        xs.append(x)
+        xs.append(backbone.sampled_part(x))
 
     positions = backbone.injection_positions if positions is None else positions
     entries = [0] * len(requests)
@@ -223,12 +252,12 @@ def edit_batch(
     with FeatureInjector(backbone.unet, positions) as injector:
         for i, t in enumerate(run):
             rows, latents, pos, copies = [], [], {}, {k: [] for k in INJECTION_KINDS}
-            for c, clip in enumerate(clips):
+            for c, (clip, _) in enumerate(sources):
                 with_source = i <= last_source[c]
                 if with_source:
                     src = len(rows)
                     rows.append(source_row[c])
-                    latents.append(clip.at(t).to(xs[0].device))
+                    latents.append(backbone.sampled_part(clip.at(plans[members[c][0]].source[i])).to(xs[0].device))
                     entries[members[c][0]] += 1
                 for j in members[c]:
                     if on_step is not None:
@@ -247,7 +276,7 @@ def edit_batch(
                                 copies[kind].append((src, tuple(own)))
             key = tuple(rows)
             if key not in cond_cache:
-                index = torch.tensor(rows, device=cond_all["fps"].device)
+                index = torch.tensor(rows)
                 cond_cache[key] = {k: v.index_select(0, index.to(v.device)) for k, v in cond_all.items()}
             injector.set_step(t, {k: BranchPlan(len(rows), tuple(v)) for k, v in copies.items()})
             out = backbone.predict(torch.cat(latents), t, cond_cache[key])
@@ -257,14 +286,16 @@ def edit_batch(
                     v = neg + r.settings.guidance_scale * (pos_out - neg)
                 else:
                     v = out[pos[j][0] : pos[j][0] + 1]
-                xs[j] = scheduler.step(v, t, xs[j], eta=r.settings.eta, generator=generators[j]).prev_sample
+                noise = None if variance_noise is None else variance_noise(j, i)
+                step = scheduler.step(v, t, xs[j], eta=r.settings.eta, generator=generators[j], variance_noise=noise)
+                xs[j] = step.prev_sample
         fired = injector.fired
 
-    latents_out = torch.cat(xs)
+    latents_out = torch.cat([backbone.full_video(xs[j], cond_all, edit_row[j]) for j in range(len(requests))])
     decoded = to_uint8_batch(backbone.decode_video(latents_out)) if decode else [None] * len(requests)
     results = []
     for j in range(len(requests)):
-        with_source = run[: last_source[clip_of[j]] + 1]
+        with_source = run[: last_source[source_of[j]] + 1]
         injected = {
             k: [t for t in with_source if t in plans[j].windows[k] and (k, t) in fired] for k in INJECTION_KINDS
         }

@@ -64,10 +64,15 @@ class InversionSettings:
     guidance_scale: float = 1.0
     prompt: str = ""
     negative_prompt: str = ""  # used only when guidance_scale > 1
+    # keep the latents only at the timesteps of a `save_steps`-step schedule (None: at every step).
+    # SEINE's official inversion saves on a 250-step grid and its edit starts from the noisiest saved one
+    save_steps: int | None = None
 
     def validate(self) -> InversionSettings:
         ok_steps = isinstance(self.steps, int) and self.steps >= 1
         _check(ok_steps, "steps", "an integer >= 1", self.steps, "inversion_steps")
+        ok_save = self.save_steps is None or (isinstance(self.save_steps, int) and self.save_steps >= 1)
+        _check(ok_save, "save_steps", "an integer >= 1 (or unset: every step)", self.save_steps, "inversion_save_steps")
         _check(self.guidance_scale >= 0, "guidance_scale", ">= 0", self.guidance_scale, "inversion_guidance_scale")
         return self
 
@@ -91,6 +96,9 @@ class EditSettings:
     # start index > 0 silently drops injected steps (as the official code does). "from-start": the
     # window starts at the first step that runs.
     injection_window: InjectionWindow = "official"
+    # ConsistI2V only: the official code conditions the source branch on the EDITED first frame (a bug);
+    # True conditions it on the source's own first frame. Other backbones always use the source frame
+    fix_source_frame: bool = False
 
     def validate(self) -> EditSettings:
         _check(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
@@ -118,3 +126,25 @@ class EditSettings:
     def uses_guidance(self) -> bool:
         # the official pipeline batches a negative branch only when guidance_scale > 1
         return self.guidance_scale > 1.0
+
+
+# Each backbone's official defaults, as overrides of the dataclass defaults above (I2VGen-XL's).
+# ConsistI2V: configs/pipeline_256/{ddim_inversion_256,pnp_edit}.yaml; SEINE: configs/{ddim_inversion,pnp_edit}.yaml
+BACKBONE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "i2vgen-xl": {},
+    "consisti2v": {
+        "clip": {"width": 256, "height": 256},
+        "edit": {"guidance_scale": 35.0, "init_step": 4},
+    },
+    "seine": {
+        "inversion": {"save_steps": 250},
+        "edit": {"guidance_scale": 4.0, "negative_prompt": ""},
+    },
+}
+SECTION_CLASSES = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings}
+
+
+def backbone_defaults(backbone: str) -> dict[str, Any]:
+    """{"clip": ClipSettings, "inversion": ..., "edit": ...} holding `backbone`'s official defaults."""
+    overrides = BACKBONE_DEFAULTS.get(backbone, {})
+    return {name: cls(**overrides.get(name, {})) for name, cls in SECTION_CLASSES.items()}

@@ -146,7 +146,7 @@ def main() -> None:
             for inv_steps in args.inversion_steps:
                 steps = args.steps or (10 if inv_steps == 100 else 50)
                 settings = EditSettings(prompt="a robot", steps=steps)
-                needed = plan_sampling(backbone.scheduler(), settings).needed
+                needed = plan_sampling(backbone, settings, InversionSettings(steps=inv_steps)).needed
                 for batch in args.batches:
                     clips = [synthetic_clip(args.frames, args.size, seed) for seed in range(batch)]
                     if compiled:  # compile outside the timing

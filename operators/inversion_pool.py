@@ -36,8 +36,8 @@ class InversionPool:
         needed: set[int] = set()
         for variant in work.pending():
             try:
-                plan = plan_sampling(self.backbone.scheduler(), variant.settings)
-                check_inversion_serves(work.inversion_settings.steps, plan.needed, self.backbone)
+                plan = plan_sampling(self.backbone, variant.settings, work.inversion_settings)
+                check_inversion_serves(work.inversion_settings, plan.needed, self.backbone)
                 needed |= set(plan.needed)
             except AnyV2VError as e:
                 variant.error = str(e)

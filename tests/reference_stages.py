@@ -29,7 +29,7 @@ def stage_errors(backbone, rc: ReferenceCase) -> dict:
     errors |= {f"inversion/{k}": rel_err(cond[k], ref[f"inversion/{k}"]) for k in COND_KEYS}
     ref_inversion = rc.reference_inversion()
     edited = prepare_first_frame(rc.edited, width, height)
-    cond = backbone.condition(edit_branches(ref_inversion, edited, rc.edit_settings()), n, fps)
+    cond = backbone.condition(edit_branches(backbone, ref_inversion, edited, rc.edit_settings()), n, fps)
     errors |= {f"edit/{k}": rel_err(cond[k], ref[f"edit/{k}"]) for k in COND_KEYS}
 
     errors["video_latents_0"] = rel_err(backbone.encode_video(rc.frames), ref["video_latents_0"])

@@ -12,6 +12,8 @@ from .base import Backbone, Branch, Conditioning
 # name -> "module:class", imported on demand so a job only loads the networks it uses
 BACKBONES: dict[str, str] = {
     "i2vgen-xl": "anyv2v_batch.backbones.i2vgen_xl:I2VGenXL",
+    "consisti2v": "anyv2v_batch.backbones.consisti2v:ConsistI2V",
+    "seine": "anyv2v_batch.backbones.seine:SEINE",
 }
 
 

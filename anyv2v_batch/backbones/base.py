@@ -37,12 +37,18 @@ def cat_conditioning(parts: Sequence[Conditioning]) -> Conditioning:
 
 
 class Backbone(ABC):
-    """An I2V diffusion model as AnyV2V uses it."""
+    """An I2V diffusion model as AnyV2V uses it.
+
+    The defaults below are I2VGen-XL's (the sampler denoises every frame, DDIM, the source branch reads
+    the inversion at the sampling timestep); ConsistI2V and SEINE override what differs.
+    """
 
     name: ClassVar[str]
     default_model: ClassVar[str]
     # kind ("conv", "spatial", "temporal") -> module paths under `unet` whose outputs get injected
     injection_positions: ClassVar[Mapping[str, tuple[str, ...]]]
+    # the official code conditions the source branch on the edited first frame (ConsistI2V's bug)
+    source_branch_on_edited_frame: ClassVar[bool] = False
 
     unet: torch.nn.Module
     device: torch.device
@@ -68,6 +74,34 @@ class Backbone(ABC):
     @abstractmethod
     def scheduler(self, inverse: bool = False):
         """A fresh sampling (or inversion) scheduler; the loops own its state."""
+
+    # ---- how the sampling loops treat this model (defaults: I2VGen-XL)
+    def sampled_part(self, latents: torch.Tensor) -> torch.Tensor:
+        """The frames the sampler denoises, from video latents [B, C, F, h, w] (all of them by default)."""
+        return latents
+
+    def full_video(self, sampled: torch.Tensor, cond: Conditioning, row: int) -> torch.Tensor:
+        """Video latents from sampled latents [1, C, F', h, w] and conditioning row `row` (inverse of
+        `sampled_part`: ConsistI2V puts the conditioning first-frame latent back in front)."""
+        return sampled
+
+    def source_timestep(self, t: int) -> int:
+        """The stored inversion timestep the source branch reads at sampling timestep t."""
+        return t
+
+    def start_timestep(self, run: Sequence[int], inversion_settings) -> int:
+        """The stored inversion timestep the edit starts from, given the timesteps that run."""
+        return run[0]
+
+    def stored_timesteps(self, inversion_settings) -> list[int]:
+        """The timesteps an inversion with these settings stores (ascending)."""
+        from ..inversion import set_schedule
+
+        visited = set_schedule(self.scheduler(inverse=True), inversion_settings.steps, "--inversion-steps")
+        if inversion_settings.save_steps is None:
+            return visited
+        grid = set(set_schedule(self.scheduler(inverse=True), inversion_settings.save_steps, "--inversion-save-steps"))
+        return [t for t in visited if t in grid]
 
     def compile(self, **options) -> None:
         """torch.compile the UNet in place (module paths, hence injection positions, stay valid).
