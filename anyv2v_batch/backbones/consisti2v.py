@@ -81,9 +81,7 @@ class ConsistI2V(Backbone):
         text_encoder = load_component(CLIPTextModel, model, "text_encoder", dtype=dt, **kw)
         tokenizer = load_component(CLIPTokenizer, model, "tokenizer")
         scheduler_config = load_json(model, "scheduler", "scheduler_config.json")
-        return cls(
-            unet.to(dev), vae.to(dev, vae_dtype), text_encoder.to(dev), tokenizer, scheduler_config, vae_dtype
-        )
+        return cls(unet.to(dev), vae.to(dev, vae_dtype), text_encoder.to(dev), tokenizer, scheduler_config, vae_dtype)
 
     def scheduler(self, inverse: bool = False):
         cls = DDIMInverseScheduler if inverse else DDIMScheduler
