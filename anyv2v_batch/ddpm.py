@@ -36,7 +36,9 @@ class DDPMSampler:
     """A DDPM sampler with the interface our loops use (`set_timesteps`, `timesteps`, `step`)."""
 
     def __init__(self, config: dict):
-        config = {"num_train_timesteps": 1000, "prediction_type": "epsilon", "clip_sample": False, **config}
+        # diffusers' DDPMScheduler defaults; SD-1.4's scheduler config leaves clip_sample unset, so the
+        # official edit clips the predicted x0 to [-1, 1] at every step
+        config = {"num_train_timesteps": 1000, "prediction_type": "epsilon", "clip_sample": True, **config}
         if config["prediction_type"] != "epsilon":
             raise ValueError("DDPMSampler supports epsilon prediction only")
         self.config = SimpleNamespace(**config)
@@ -72,7 +74,8 @@ class DDPMSampler:
 
         x0 = (sample - beta_t**0.5 * model_output) / alpha_t**0.5
         if self.config.clip_sample:
-            x0 = x0.clamp(-1, 1)
+            limit = getattr(self.config, "clip_sample_range", 1.0)
+            x0 = x0.clamp(-limit, limit)
         # the posterior mean of x_{t-1} given x_t and x0 (DDPM eq. 7)
         mean = (alpha_prev**0.5 * step_beta / beta_t) * x0 + (step_alpha**0.5 * beta_prev / beta_t) * sample
         if t == 0:

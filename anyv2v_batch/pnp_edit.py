@@ -21,7 +21,7 @@ from .injection import BranchPlan, FeatureInjector
 from .inversion import Inversion, missing_timestep_error, set_schedule
 from .settings import EditSettings, InversionSettings
 
-INJECTION_KINDS = ("conv", "spatial", "temporal")
+INJECTION_KINDS = ("conv", "spatial", "temporal", "cross")
 
 
 @dataclass
@@ -40,7 +40,12 @@ def injection_windows(timesteps: list[int], settings: EditSettings) -> dict[str,
     drops injected steps). "from-start": as many steps, counted from the first step that runs.
     """
     start = 0 if settings.injection_window == "official" else settings.init_step
-    fractions = {"conv": settings.pnp_conv, "spatial": settings.pnp_spatial, "temporal": settings.pnp_temporal}
+    fractions = {
+        "conv": settings.pnp_conv,
+        "spatial": settings.pnp_spatial,
+        "temporal": settings.pnp_temporal,
+        "cross": settings.pnp_cross,
+    }
     return {k: set(timesteps[start : start + int(settings.steps * f)]) for k, f in fractions.items()}
 
 
@@ -81,6 +86,8 @@ def plan_sampling(
     scheduler=None,
 ) -> SamplingPlan:
     """Plan the edit (see `edit` for the flags); sets the timesteps of `scheduler` if one is given."""
+    if settings.pnp_cross > 0 and "cross" not in backbone.injection_positions:
+        raise AnyV2VError(f"--pnp-cross: {backbone.name} has no cross-attention injection; leave it at 0")
     scheduler = backbone.scheduler() if scheduler is None else scheduler
     timesteps = set_schedule(scheduler, settings.steps, "--steps")
     run = timesteps[settings.init_step :]
@@ -92,7 +99,7 @@ def plan_sampling(
         last = injecting[-1] if injecting else -1
     else:
         last = len(run) - 1
-    start = backbone.start_timestep(run, inversion_settings)
+    start = backbone.start_timestep(run, inversion_settings, settings.init_step == 0)
     return SamplingPlan(timesteps, run, windows, last, start, [backbone.source_timestep(t) for t in run])
 
 
@@ -286,7 +293,7 @@ def edit_batch(
                     v = neg + r.settings.guidance_scale * (pos_out - neg)
                 else:
                     v = out[pos[j][0] : pos[j][0] + 1]
-                noise = None if variance_noise is None else variance_noise(j, i)
+                noise = variance_noise(j, i) if variance_noise is not None and t > 0 else None  # none added at t = 0
                 step = scheduler.step(v, t, xs[j], eta=r.settings.eta, generator=generators[j], variance_noise=noise)
                 xs[j] = step.prev_sample
         fired = injector.fired

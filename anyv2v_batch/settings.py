@@ -88,6 +88,7 @@ class EditSettings:
     pnp_conv: float = 0.2
     pnp_spatial: float = 0.2
     pnp_temporal: float = 0.5
+    pnp_cross: float = 0.0  # cross-attention Q/K injection (SEINE's `pnp_cross_attn_t`; other backbones: 0)
     init_step: int = 0  # index into the sampling schedule of the first step run (0: t = 981 at 50 steps)
     seed: int = 8888
     random_ratio: float = 0.0  # blend of fresh noise into the starting latent (official `random_ratio`)
@@ -103,7 +104,7 @@ class EditSettings:
     def validate(self) -> EditSettings:
         _check(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
         _check(self.guidance_scale >= 0, "guidance_scale", ">= 0", self.guidance_scale)
-        for name in ("pnp_conv", "pnp_spatial", "pnp_temporal", "random_ratio"):
+        for name in ("pnp_conv", "pnp_spatial", "pnp_temporal", "pnp_cross", "random_ratio"):
             v = getattr(self, name)
             _check(0.0 <= v <= 1.0, name, "between 0 and 1", v)
         _check(

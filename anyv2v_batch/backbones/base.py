@@ -89,8 +89,9 @@ class Backbone(ABC):
         """The stored inversion timestep the source branch reads at sampling timestep t."""
         return t
 
-    def start_timestep(self, run: Sequence[int], inversion_settings) -> int:
-        """The stored inversion timestep the edit starts from, given the timesteps that run."""
+    def start_timestep(self, run: Sequence[int], inversion_settings, from_first_step: bool = True) -> int:
+        """The stored inversion timestep the edit starts from, given the timesteps that run
+        (from_first_step: the run is the whole schedule)."""
         return run[0]
 
     def stored_timesteps(self, inversion_settings) -> list[int]:
