@@ -7,6 +7,7 @@ command line is wrong; 130: interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Annotated
 import typer
 
 from .errors import AnyV2VError
-from .settings import OFFICIAL_NEGATIVE_PROMPT, ClipSettings, EditSettings, InversionSettings
+from .settings import ClipSettings, backbone_defaults
 
 app = typer.Typer(
     name="anyv2v-batch",
@@ -72,25 +73,41 @@ def edit(
         list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")
     ] = None,
     prompt: Annotated[str, typer.Option(help="Prompt describing the edited video.")] = "",
-    negative_prompt: Annotated[str, typer.Option(help="Negative prompt.")] = OFFICIAL_NEGATIVE_PROMPT,
+    negative_prompt: Annotated[
+        str | None, typer.Option(help="Negative prompt [default: the backbone's official one].")
+    ] = None,
     inversion_prompt: Annotated[str, typer.Option(help="Prompt for DDIM inversion (the source branch).")] = "",
     inversion_steps: Annotated[int, typer.Option(help="DDIM inversion steps.")] = 500,
+    inversion_save_steps: Annotated[
+        int | None, typer.Option(help="Keep inverted latents on this coarser grid [default: seine 250, else all].")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
-    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 9.0,
+    guidance_scale: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance [default: i2vgen-xl 9, consisti2v 35, seine 4].")
+    ] = None,
     pnp_conv: Annotated[float, typer.Option(help="Fraction of steps injecting conv features.")] = 0.2,
     pnp_spatial: Annotated[float, typer.Option(help="Fraction of steps injecting spatial attention Q/K.")] = 0.2,
     pnp_temporal: Annotated[float, typer.Option(help="Fraction of steps injecting temporal attention Q/K.")] = 0.5,
-    init_step: Annotated[int, typer.Option(help="Index of the first sampling step (0: t=981 at 50 steps).")] = 0,
+    pnp_cross: Annotated[float, typer.Option(help="Fraction of steps injecting cross-attention Q/K (seine).")] = 0.0,
+    init_step: Annotated[
+        int | None, typer.Option(help="Index of the first sampling step [default: consisti2v 4, else 0].")
+    ] = None,
     injection_window: Annotated[
         str, typer.Option(help="official: windows over the full schedule; from-start: from --init-step.")
     ] = "official",
+    fix_source_frame: Annotated[
+        bool,
+        typer.Option(
+            "--fix-source-frame", help="consisti2v: condition the source branch on the source frame (official: edited)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 8888,
     fps: Annotated[float, typer.Option(help="Resample a video to this fps; the fps condition.")] = 8.0,
     frames: Annotated[int, typer.Option(help="Number of frames.")] = 16,
-    width: Annotated[int, typer.Option(help="Width in pixels (multiple of 8).")] = 512,
-    height: Annotated[int, typer.Option(help="Height in pixels (multiple of 8).")] = 512,
+    width: Annotated[int | None, typer.Option(help="Width, multiple of 8 [default: consisti2v 256, else 512].")] = None,
+    height: Annotated[int | None, typer.Option(help="Height, multiple of 8 [default: as width].")] = None,
     resize: Annotated[str, typer.Option(help="Fit frames to the size: stretch (official), crop or pad.")] = "stretch",
-    backbone: Annotated[str, typer.Option(help="Image-to-video backbone.")] = "i2vgen-xl",
+    backbone: Annotated[str, typer.Option(help="i2vgen-xl, consisti2v or seine.")] = "i2vgen-xl",
     model: Annotated[str | None, typer.Option(help="Hub id or local folder (default: the official weights).")] = None,
     variant: Annotated[str | None, typer.Option(help="Weight variant to load, e.g. fp16.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -105,50 +122,63 @@ def edit(
     """Edit one clip: invert SOURCE, then propagate the edited first frame through it."""
     _DEBUG["on"] = debug
     started = time.perf_counter()
-    clip_settings = ClipSettings(frames=frames, fps=fps, width=width, height=height, resize=resize).validate()
-    inv_settings = InversionSettings(steps=inversion_steps, prompt=inversion_prompt).validate()
-    edit_settings = EditSettings(
+    from .backbones import backbone_class
+
+    backbone_cls = backbone_class(backbone)
+    defaults = backbone_defaults(backbone)  # flags left out take the backbone's official values
+    given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+    clip_settings = dataclasses.replace(
+        defaults["clip"], frames=frames, fps=fps, resize=resize, **given(width=width, height=height)
+    ).validate()
+    width, height = clip_settings.width, clip_settings.height
+    inv_settings = dataclasses.replace(
+        defaults["inversion"], steps=inversion_steps, prompt=inversion_prompt, **given(save_steps=inversion_save_steps)
+    ).validate()
+    edit_settings = dataclasses.replace(
+        defaults["edit"],
         prompt=prompt,
-        negative_prompt=negative_prompt,
         steps=steps,
-        guidance_scale=guidance_scale,
         pnp_conv=pnp_conv,
         pnp_spatial=pnp_spatial,
         pnp_temporal=pnp_temporal,
-        init_step=init_step,
+        pnp_cross=pnp_cross,
         seed=seed,
-        injection_window=injection_window,  # type: ignore[arg-type]
+        injection_window=injection_window,
+        fix_source_frame=fix_source_frame,
+        **given(negative_prompt=negative_prompt, guidance_scale=guidance_scale, init_step=init_step),
     ).validate()
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
     options = _editor_options(editor, editor_option, first_frame, edit_prompt)
     _check_output(source, output, overwrite)
 
-    from .backbones import backbone_class, load_backbone
+    from .backbones import load_backbone
     from .inversion import invert
     from .loading import quiet_libraries
     from .pnp_edit import check_inversion_serves, plan_sampling, prepare_first_frame
     from .pnp_edit import edit as run_edit
     from .video_io import read_source, write_video
 
-    backbone_cls = backbone_class(backbone)
-    clip = read_source(source, frames, fps, width, height, resize)  # type: ignore[arg-type]
     quiet_libraries()
-    edited = prepare_first_frame(
-        _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet), width, height
-    )
+    backbone_cls.check_settings(model, clip_settings)  # from the configs, before any work
     _say(quiet, f"loading {backbone} from {model or backbone_cls.default_model}")
     bb = load_backbone(backbone, model, device=device, dtype=dtype, variant=variant)
     bb.check_clip(clip_settings)
-    if compile:
-        bb.compile()
     needed = plan_sampling(bb, edit_settings, inv_settings).needed
     check_inversion_serves(inv_settings, needed, bb)
+    clip = read_source(source, frames, fps, width, height, resize)  # type: ignore[arg-type]
+    edited = prepare_first_frame(
+        _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet), width, height
+    )
+    if compile:
+        bb.compile()
     _say(quiet, f"inverting {source} ({frames} frames, {width}x{height}, {inversion_steps} steps)")
     t0 = time.perf_counter()
     inversion = invert(bb, clip.frames, inv_settings, fps=fps, keep=needed)
     t1 = time.perf_counter()
-    _say(quiet, f"editing ({steps} steps, guidance {guidance_scale:g}) after {t1 - t0:.1f} s of inversion")
+    _say(
+        quiet, f"editing ({steps} steps, guidance {edit_settings.guidance_scale:g}) after {t1 - t0:.1f} s of inversion"
+    )
     result = run_edit(bb, inversion, edited, edit_settings)
     t2 = time.perf_counter()
     write_video(output, result.frames, fps)
@@ -253,6 +283,8 @@ RUN_FLAGS = {
     "init_step": "edit.init_step", "seed": "seed", "fps": "clip.fps", "frames": "clip.frames",
     "width": "clip.width", "height": "clip.height", "resize": "clip.resize", "backbone": "backbone",
     "model": "model", "device": "device", "dtype": "dtype", "address": "ray.address", "inversions": "inversions",
+    "inversion_save_steps": "inversion.save_steps", "pnp_cross": "edit.pnp_cross",
+    "fix_source_frame": "edit.fix_source_frame",
 }  # fmt: skip
 
 
@@ -270,11 +302,16 @@ def run(
     negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
     inversion_prompt: Annotated[str | None, typer.Option(help="Inversion prompt.")] = None,
     inversion_steps: Annotated[int | None, typer.Option(help="DDIM inversion steps.")] = None,
+    inversion_save_steps: Annotated[int | None, typer.Option(help="Keep inverted latents on this grid.")] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps.")] = None,
     guidance_scale: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
     pnp_conv: Annotated[float | None, typer.Option(help="Conv injection fraction.")] = None,
     pnp_spatial: Annotated[float | None, typer.Option(help="Spatial Q/K injection fraction.")] = None,
     pnp_temporal: Annotated[float | None, typer.Option(help="Temporal Q/K injection fraction.")] = None,
+    pnp_cross: Annotated[float | None, typer.Option(help="Cross-attention Q/K injection fraction (seine).")] = None,
+    fix_source_frame: Annotated[
+        bool | None, typer.Option(help="consisti2v: source branch on the source frame (official: the edited one).")
+    ] = None,
     init_step: Annotated[int | None, typer.Option(help="First sampling step index.")] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed; each sample's seed derives from it.")] = None,
     fps: Annotated[float | None, typer.Option(help="Resample clips to this fps.")] = None,
@@ -282,7 +319,9 @@ def run(
     width: Annotated[int | None, typer.Option(help="Width (multiple of 8).")] = None,
     height: Annotated[int | None, typer.Option(help="Height (multiple of 8).")] = None,
     resize: Annotated[str | None, typer.Option(help="stretch, crop or pad.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="Image-to-video backbone.")] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="i2vgen-xl, consisti2v or seine (every variant; its defaults apply).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Hub id or local folder of the backbone.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,

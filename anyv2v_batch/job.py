@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from anyv2v_batch.errors import AnyV2VError
-from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings, SettingError
+from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings, SettingError, backbone_defaults
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 SECTIONS = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings}
@@ -53,6 +53,8 @@ class VariantSpec:
     editor: EditorSpec
     edit_prompt: str = ""  # the instruction for the first-frame editor, if it takes one
     seed: int = 8888  # base of the per-sample seed (see `derive_seed`)
+    backbone: str = "i2vgen-xl"  # the job's unless the variant names its own
+    model: str | None = None  # hub id or folder of the backbone's weights (None: its official ones)
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,17 @@ class JobSpec:
     def pool(self, name: str) -> PoolSpec:
         return self.pools.get(name, PoolSpec())
 
+    def models(self) -> list[tuple[str, str | None]]:
+        """The distinct (backbone, model) pairs the variants use, in order: what each GPU actor loads."""
+        return list(dict.fromkeys((v.backbone, v.model) for v in self.variants))
+
 
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
     "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
     "inversions", "store_all_timesteps",
 }  # fmt: skip
-VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed"}
+VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed", "backbone", "model"}
 
 
 class JobError(AnyV2VError):
@@ -217,8 +223,29 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
     if "output" not in raw or not isinstance(raw["output"], str) or not raw["output"]:
         raise _fail(where, "output", "is missing: give an output folder or URL (or --output)")
 
+    from anyv2v_batch.backbones import BACKBONES
+
+    def backbone_name(path: str, value: Any) -> str:
+        value = _coerce(where, path, value, "")
+        if value not in BACKBONES:
+            raise _fail(where, path, f"must be one of {', '.join(BACKBONES)}, got {value!r}")
+        return value
+
     base_seed = _coerce(where, "seed", raw.get("seed", 8888), 0)
-    base = {name: _settings(where, name, cls, cls(), raw.get(name)) for name, cls in SECTIONS.items()}
+    job_backbone = backbone_name("backbone", raw.get("backbone", "i2vgen-xl"))
+    job_model = _coerce(where, "model", raw["model"], "") if raw.get("model") is not None else None
+    base_cache: dict[str, dict[str, Any]] = {}
+
+    def base_for(backbone: str) -> dict[str, Any]:
+        """The job's top-level sections over `backbone`'s official defaults."""
+        if backbone not in base_cache:
+            defaults = backbone_defaults(backbone)
+            base_cache[backbone] = {
+                name: _settings(where, name, cls, defaults[name], raw.get(name)) for name, cls in SECTIONS.items()
+            }
+        return base_cache[backbone]
+
+    base_for(job_backbone)  # the top-level sections are checked even if every variant names a backbone
     base_editor = _editor(where, "editor", raw.get("editor"), EditorSpec())
     base_edit_prompt = _coerce(where, "edit_prompt", raw.get("edit_prompt", ""), "")
 
@@ -228,7 +255,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
     if not isinstance(raw_variants, list) or not raw_variants:
         raise _fail(where, "variants", "must be a non-empty list")
     # a command-line override of a section field or the editor beats what a variant says
-    per_variant = (*SECTIONS, "editor", "edit_prompt")
+    per_variant = (*SECTIONS, "editor", "edit_prompt", "backbone", "model")
     section_overrides = {k: v for k, v in overrides.items() if k.split(".")[0] in per_variant}
 
     variants = []
@@ -250,6 +277,12 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         name = rv.get("name")
         if not isinstance(name, str) or not VARIANT_NAME.match(name):
             raise _fail(where, f"{path}.name", f"must be letters, digits, '-' or '_', got {name!r}")
+        backbone = backbone_name(f"{path}.backbone", rv["backbone"]) if "backbone" in rv else job_backbone
+        if rv.get("model") is not None:
+            model = _coerce(where, f"{path}.model", rv["model"], "")
+        else:  # the job's model is for the job's backbone; another backbone loads its official weights
+            model = job_model if backbone == job_backbone else None
+        base = base_for(backbone)
         sections = {s: _settings(where, f"{path}.{s}", cls, base[s], rv.get(s)) for s, cls in SECTIONS.items()}
         variants.append(
             VariantSpec(
@@ -260,6 +293,8 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
                 editor=_editor(where, f"{path}.editor", rv.get("editor"), base_editor),
                 edit_prompt=_coerce(where, f"{path}.edit_prompt", rv.get("edit_prompt", base_edit_prompt), ""),
                 seed=_coerce(where, f"{path}.seed", rv.get("seed", base_seed), 0),
+                backbone=backbone,
+                model=model,
             )
         )
     names = [v.name for v in variants]
@@ -277,20 +312,16 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         if key not in ("address", "num_cpus"):
             raise _unknown(where, "ray", key, {"address", "num_cpus"})
 
-    from anyv2v_batch.backbones import BACKBONES
-
-    backbone = _coerce(where, "backbone", raw.get("backbone", "i2vgen-xl"), "")
-    if backbone not in BACKBONES:
-        raise _fail(where, "backbone", f"must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     optional = {}
-    for key in ("model", "weights_variant", "inversions"):
+    for key in ("weights_variant", "inversions"):
         if raw.get(key) is not None:
             optional[key] = _coerce(where, key, raw[key], "")
     return JobSpec(
         input=_as_list(where, "input", raw["input"]),
         output=raw["output"],
         variants=tuple(variants),
-        backbone=backbone,
+        backbone=job_backbone,
+        model=job_model,
         device=_coerce(where, "device", raw.get("device", "auto"), ""),
         dtype=_coerce(where, "dtype", raw.get("dtype", "auto"), ""),
         pools=pools,

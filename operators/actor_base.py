@@ -68,3 +68,18 @@ def isolate_failures(
             if is_out_of_memory(e):
                 free_memory()
             fail(item, e)
+
+
+def load_job_backbones(job, compile: bool = False) -> dict:
+    """Every (backbone, model) the job's variants use, loaded once per actor: {(name, model): Backbone}.
+    Loaded up front, so missing weights fail the actor at start and its memory use is known."""
+    from anyv2v_batch.backbones import load_backbone
+
+    device = worker_device(job.device)
+    loaded = {}
+    for name, model in job.models():
+        backbone = load_backbone(name, model, device=device, dtype=job.dtype, variant=job.weights_variant)
+        if compile:
+            backbone.compile()
+        loaded[(name, model)] = backbone
+    return loaded

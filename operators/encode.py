@@ -16,7 +16,7 @@ from typing import Any
 from anyv2v_batch import __version__
 from anyv2v_batch.inversion import inversion_to_bytes
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.work import ClipWork, VariantWork, inversion_id, one_line
+from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line, work_inversion_id
 from anyv2v_batch.video_io import encode_mp4, encode_png
 
 
@@ -40,8 +40,8 @@ def settings_record(job: JobSpec, work: ClipWork, variant: VariantWork) -> dict[
         "key": work.key,
         "variant": variant.name,
         "source_shard": work.shard,
-        "backbone": job.backbone,
-        "model": job.model,
+        "backbone": work.backbone,
+        "model": work.model,
         "seed": variant.settings.seed,
         "prompt": variant.settings.prompt,
         "negative_prompt": variant.settings.negative_prompt,
@@ -66,8 +66,8 @@ def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str
         "output_key": f"{work.key}.{variant.name}",
         "status": status,
         "error": error,
-        "backbone": job.backbone,
-        "model": job.model or "",
+        "backbone": work.backbone,
+        "model": work.model or "",
         "editor": variant.editor.name,
         "prompt": s.prompt,
         "negative_prompt": s.negative_prompt,
@@ -122,7 +122,7 @@ def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                 error,
                 metadata_row(job, work, variant, status, error),
                 files,
-                group=inversion_id(job, work.clip, work.inversion_settings),
+                group=work_inversion_id(work),
                 seconds={**work.seconds, **variant.seconds},
             )
         }
@@ -132,13 +132,13 @@ def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, A
     """flat_map (the `invert` job): a ClipWork with its inversion -> one stored entry
     `<key>.<inversion id>.safetensors` and its metadata row."""
     work: ClipWork = row["work"]
-    inv_id = inversion_id(job, work.clip, work.inversion_settings)
+    inv_id = work_inversion_id(work)
     started = time.perf_counter()
     error = work.error or ("" if work.inversion is not None else "not inverted")
     files: dict[str, bytes] = {}
     if not error:
         meta = {
-            "model": str(job.model),
+            "model": str(work.model),
             "inversion_id": inv_id,
             "frames_sha256": work.source["frames_sha256"],
             "key": work.key,
@@ -155,8 +155,8 @@ def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, A
         "variant": inv_id,
         "status": status,
         "error": error,
-        "backbone": job.backbone,
-        "model": job.model or "",
+        "backbone": work.backbone,
+        "model": work.model or "",
         "frames": c.frames,
         "fps": float(c.fps),
         "width": c.width,

@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from anyv2v_batch.backbones import load_backbone
 from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.inversion import inversion_from_bytes, invert_batch
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, start_worker, worker_device
-from anyv2v_batch.operators.work import ClipWork, inversion_id, one_line
+from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, load_job_backbones, start_worker
+from anyv2v_batch.operators.work import ClipWork, one_line, work_inversion_id
 from anyv2v_batch.pnp_edit import check_inversion_serves, plan_sampling
 
 OOM_MESSAGE = "out of memory inverting this clip alone; use fewer frames, a smaller size or a bigger GPU"
@@ -26,18 +25,18 @@ class InversionPool:
     def __init__(self, job: JobSpec, num_cpus: float = 1.0, keep_all: bool = False):
         start_worker(num_cpus)
         self.job, self.keep_all = job, keep_all
-        self.backbone = load_backbone(
-            job.backbone, job.model, device=worker_device(job.device), dtype=job.dtype, variant=job.weights_variant
-        )
-        if job.compile:
-            self.backbone.compile()
+        self.backbones = load_job_backbones(job, compile=job.compile)
+
+    def backbone(self, work: ClipWork):
+        return self.backbones[(work.backbone, work.model)]
 
     def needed_timesteps(self, work: ClipWork) -> set[int]:
         needed: set[int] = set()
         for variant in work.pending():
             try:
-                plan = plan_sampling(self.backbone, variant.settings, work.inversion_settings)
-                check_inversion_serves(work.inversion_settings, plan.needed, self.backbone)
+                backbone = self.backbone(work)
+                plan = plan_sampling(backbone, variant.settings, work.inversion_settings)
+                check_inversion_serves(work.inversion_settings, plan.needed, backbone)
                 needed |= set(plan.needed)
             except AnyV2VError as e:
                 variant.error = str(e)
@@ -52,15 +51,15 @@ class InversionPool:
         try:
             inversion, meta = inversion_from_bytes(work.stored_inversion)
             expected = {
-                "backbone": self.backbone.name,
-                "model": str(self.job.model),
-                "inversion_id": inversion_id(self.job, work.clip, work.inversion_settings),
+                "backbone": work.backbone,
+                "model": str(work.model),
+                "inversion_id": work_inversion_id(work),
                 "frames_sha256": work.source.get("frames_sha256"),
             }
             wrong = [k for k, v in expected.items() if meta.get(k) != v]
             if wrong or inversion.settings != work.inversion_settings or inversion.fps != float(work.clip.fps):
                 raise ValueError(f"made from other {', '.join(wrong) or 'settings'}")
-            f = self.backbone.vae_scale_factor
+            f = self.backbone(work).vae_scale_factor
             c = work.clip
             if tuple(inversion.latents.shape[2:]) != (c.frames, c.height // f, c.width // f):
                 raise ValueError("latents of another shape")
@@ -88,17 +87,18 @@ class InversionPool:
             if self.keep_all:
                 keep[id(work)] = None
             try:
-                self.backbone.check_clip(work.clip)
+                self.backbone(work).check_clip(work.clip)
             except AnyV2VError as e:
                 work.error = str(e)
                 continue
-            groups[(work.frames.shape, work.inversion_settings, work.clip.fps)].append(work)
+            key = (work.backbone, work.model, work.frames.shape, work.inversion_settings, work.clip.fps)
+            groups[key].append(work)
 
         def run(group: list[ClipWork]) -> None:
             wanted = [keep[id(w)] for w in group]
             needed = None if any(k is None for k in wanted) else set().union(*wanted)
             inversions = invert_batch(
-                self.backbone, [w.frames for w in group], group[0].inversion_settings, fps=group[0].clip.fps,
+                self.backbone(group[0]), [w.frames for w in group], group[0].inversion_settings, fps=group[0].clip.fps,
                 keep=needed,
             )  # fmt: skip
             for w, inv in zip(group, inversions, strict=True):

@@ -120,8 +120,9 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
             except ValueError as e:
                 meta, error = {"key": key}, error or str(e)
             video = files.pop(video_ext, None)
-            for clip, inversion, specs in group_variants(job):
-                inv_id = inversion_id(job, clip, inversion)
+            for specs in group_variants(job):
+                clip, inversion, backbone, model = specs[0].clip, specs[0].inversion, specs[0].backbone, specs[0].model
+                inv_id = inversion_id(backbone, model, clip, inversion)
                 if mode == "invert":
                     if pair_id(key, inv_id) in done:
                         continue
@@ -148,29 +149,37 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                     variants=variants,
                     error=error,
                     stored_inversion=stored.get(key, inv_id),
+                    backbone=backbone,
+                    model=model,
                 )
                 work.seconds["read"] = time.perf_counter() - started
                 yield {"work": work}
                 started = time.perf_counter()
     except Exception as e:  # an unreadable shard: one error row per variant, under an empty key
         message = f"cannot read shard {shard!r}: {one_line(e)}"
-        yield {"work": shard_error(shard, shard_id, job, message)}
+        for work in shard_errors(shard, shard_id, job, message):
+            yield {"work": work}
     finally:
         stored.close()
 
 
-def shard_error(shard: str, shard_id: str, job: JobSpec, message: str) -> ClipWork:
-    specs = job.variants
-    return ClipWork(
-        shard=shard,
-        shard_id=shard_id,
-        key="",
-        meta={},
-        files={},
-        video=None,
-        video_ext="",
-        clip=specs[0].clip,
-        inversion_settings=specs[0].inversion,
-        variants=[variant_for_sample(s, "", {}) for s in specs],
-        error=message,
-    )
+def shard_errors(shard: str, shard_id: str, job: JobSpec, message: str) -> list[ClipWork]:
+    """One error row per variant (grouped as the clips would be), under an empty key."""
+    return [
+        ClipWork(
+            shard=shard,
+            shard_id=shard_id,
+            key="",
+            meta={},
+            files={},
+            video=None,
+            video_ext="",
+            clip=specs[0].clip,
+            inversion_settings=specs[0].inversion,
+            variants=[variant_for_sample(s, "", {}) for s in specs],
+            error=message,
+            backbone=specs[0].backbone,
+            model=specs[0].model,
+        )
+        for specs in group_variants(job)
+    ]

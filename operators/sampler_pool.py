@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from anyv2v_batch.backbones import load_backbone
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, start_worker, worker_device
+from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, load_job_backbones, start_worker
 from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line
 from anyv2v_batch.pnp_edit import EditRequest, batch_key, edit_batch
 
@@ -28,11 +27,7 @@ class SamplerPool:
     def __init__(self, job: JobSpec, num_cpus: float = 1.0):
         start_worker(num_cpus)
         self.share_source = job.share_source
-        self.backbone = load_backbone(
-            job.backbone, job.model, device=worker_device(job.device), dtype=job.dtype, variant=job.weights_variant
-        )
-        if job.compile:
-            self.backbone.compile()
+        self.backbones = load_job_backbones(job, compile=job.compile)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         works: list[ClipWork] = list(batch["work"])
@@ -41,11 +36,12 @@ class SamplerPool:
         for work in works:
             for variant in work.pending():
                 request = EditRequest(work.inversion, variant.first_frame, variant.settings)
-                by_key[batch_key(request)].append((work, variant))
+                by_key[(work.backbone, work.model, *batch_key(request))].append((work, variant))
 
         def run(pairs: list[tuple[ClipWork, VariantWork]]) -> None:
             requests = [EditRequest(w.inversion, v.first_frame, v.settings) for w, v in pairs]
-            for (_, variant), result in zip(pairs, edit_batch(self.backbone, requests), strict=True):
+            backbone = self.backbones[(pairs[0][0].backbone, pairs[0][0].model)]
+            for (_, variant), result in zip(pairs, edit_batch(backbone, requests), strict=True):
                 variant.frames = result.frames
 
         def fail(pair: tuple[ClipWork, VariantWork], e: BaseException) -> None:

@@ -56,6 +56,8 @@ class ClipWork:
     inversion_source: str = ""  # "computed", "stored" or "recomputed: <why the stored one was not used>"
     error: str = ""  # a clip-level failure: every variant fails with it
     seconds: dict[str, float] = field(default_factory=dict)
+    backbone: str = "i2vgen-xl"  # the model that inverts and samples this clip's variants
+    model: str | None = None
 
     def pending(self) -> list[VariantWork]:
         """Variants still being worked on."""
@@ -67,12 +69,10 @@ def pair_id(key: str, variant: str) -> str:
     return hashlib.sha256(f"{key}\0{variant}".encode()).hexdigest()[:24]
 
 
-def inversion_id(job: JobSpec, clip: ClipSettings, inversion: InversionSettings) -> str:
+def inversion_id(backbone: str, model: str | None, clip: ClipSettings, inversion: InversionSettings) -> str:
     """The name under which a clip's inversion is stored: backbone, weights and every setting that
     changes it (the decoded frames' hash is checked separately, inside the entry)."""
-    text = json.dumps(
-        [job.backbone, job.model, dataclasses.asdict(clip), dataclasses.asdict(inversion)], sort_keys=True
-    )
+    text = json.dumps([backbone, model, dataclasses.asdict(clip), dataclasses.asdict(inversion)], sort_keys=True)
     return "inv-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -109,12 +109,16 @@ def variant_for_sample(spec: VariantSpec, key: str, meta: dict[str, Any]) -> Var
     return VariantWork(spec.name, settings, spec.editor, edit_prompt=edit_prompt)
 
 
-def group_variants(job: JobSpec) -> list[tuple[ClipSettings, InversionSettings, list[VariantSpec]]]:
-    """The job's variants grouped by what they can share: one decoded clip and one inversion."""
+def group_variants(job: JobSpec) -> list[list[VariantSpec]]:
+    """The job's variants grouped by what they can share: one backbone, one decoded clip, one inversion."""
     groups: dict[tuple, list[VariantSpec]] = {}
     for spec in job.variants:
-        groups.setdefault((spec.clip, spec.inversion), []).append(spec)
-    return [(clip, inv, specs) for (clip, inv), specs in groups.items()]
+        groups.setdefault((spec.backbone, spec.model, spec.clip, spec.inversion), []).append(spec)
+    return list(groups.values())
+
+
+def work_inversion_id(work: ClipWork) -> str:
+    return inversion_id(work.backbone, work.model, work.clip, work.inversion_settings)
 
 
 def one_line(e: BaseException) -> str:

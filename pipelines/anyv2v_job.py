@@ -78,9 +78,12 @@ def check_job(job: JobSpec) -> None:
     from anyv2v_batch.backbones import backbone_class
     from anyv2v_batch.editors import editor_class
 
-    backbone_class(job.backbone)
     for v in job.variants:
         editor_class(v.editor.name)
+        try:
+            backbone_class(v.backbone).check_settings(v.model, v.clip)
+        except AnyV2VError as e:
+            raise AnyV2VError(f"variant {v.name!r}: {e}") from None
     if any(job.output.rstrip("/") == pattern.rstrip("/") for pattern in job.input):
         raise AnyV2VError("output is the same as an input; choose another --output")
 

@@ -28,7 +28,8 @@ def clip_work(key: str, seed: int) -> ClipWork:
     spec = JOB.variants[0]
     frames = moving_clip(6, 32, 32, seed=seed)
     work = ClipWork("x.tar", "x", key, {"key": key}, {}, None, "mp4", spec.clip, spec.inversion,
-                    [variant_for_sample(v, key, {}) for v in JOB.variants], frames=frames)  # fmt: skip
+                    [variant_for_sample(v, key, {}) for v in JOB.variants], frames=frames,
+                    backbone=spec.backbone, model=spec.model)  # fmt: skip
     for v in work.variants:
         v.first_frame = frames[0][..., ::-1].copy()
     return work
@@ -69,16 +70,18 @@ def test_a_batch_of_clips_equals_the_clips_alone(pools):
 def test_out_of_memory_retries_alone_then_fails_only_what_does_not_fit(pools, monkeypatch):
     inversion_pool, sampler_pool = pools
     works = [clip_work("k0", 0), clip_work("k1", 1)]
-    monkeypatch.setattr(inversion_pool.backbone, "predict", oom_above(1, inversion_pool.backbone))
+    (inverter,) = inversion_pool.backbones.values()
+    (sampler,) = sampler_pool.backbones.values()
+    monkeypatch.setattr(inverter, "predict", oom_above(1, inverter))
     inversion_pool({"work": np.array(works, dtype=object)})  # 2 clips in one call: too big; alone: fits
     assert all(w.inversion is not None and not w.error for w in works)
-    monkeypatch.setattr(sampler_pool.backbone, "predict", oom_above(2, sampler_pool.backbone))
+    monkeypatch.setattr(sampler, "predict", oom_above(2, sampler))
     sampler_pool({"work": np.array(works, dtype=object)})
     # variant a (guidance 9): [source, negative, editing] = 3 entries, too big even alone;
     # variant b with guidance 5 likewise; so every variant fails alone, with the memory message
     assert all(v.error == SAMPLER_OOM for w in works for v in w.variants)
     works = [clip_work("k2", 2)]
-    monkeypatch.setattr(inversion_pool.backbone, "predict", oom_above(0, inversion_pool.backbone))
+    monkeypatch.setattr(inverter, "predict", oom_above(0, inverter))
     inversion_pool({"work": np.array(works, dtype=object)})
     assert works[0].error == INVERSION_OOM
 

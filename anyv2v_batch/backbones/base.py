@@ -111,6 +111,11 @@ class Backbone(ABC):
         injecting kinds compiles once more. Outputs are unchanged up to float rounding."""
         self.unet.compile(**options)
 
+    @classmethod
+    def check_settings(cls, model: str | None, clip: ClipSettings) -> None:
+        """Reject, from configs alone (no weights loaded), clip settings this model cannot run."""
+        return None  # I2VGen-XL and SEINE: any frame count; sizes are checked by ClipSettings
+
     def check_clip(self, clip: ClipSettings) -> None:
         """Reject geometries this model cannot run, before any work."""
         f = self.vae_scale_factor

@@ -87,9 +87,16 @@ class ConsistI2V(Backbone):
         cls = DDIMInverseScheduler if inverse else DDIMScheduler
         return cls.from_config(self.scheduler_config)
 
+    @classmethod
+    def check_settings(cls, model: str | None, clip: ClipSettings) -> None:
+        cls._check_frames(load_json(model or cls.default_model, "unet", "config.json")["n_frames"], clip)
+
     def check_clip(self, clip: ClipSettings) -> None:
         super().check_clip(clip)
-        n = self.unet.config.n_frames
+        self._check_frames(self.unet.config.n_frames, clip)
+
+    @staticmethod
+    def _check_frames(n: int, clip: ClipSettings) -> None:
         if clip.frames != n:
             raise AnyV2VError(
                 f"consisti2v runs exactly {n} frames (its UNet was trained with n_frames {n}), got --frames "

@@ -1,0 +1,193 @@
+"""One-time conversion of SEINE's published weights into a folder our SEINE backbone loads without pickles.
+
+The official SEINE release is SD-1.4's folder plus `seine.pt`, a pickle (read with
+`torch.load(weights_only=True)` at every start). `convert_seine` writes, once, the same model as
+safetensors in the Stable Diffusion 1.4 layout:
+
+    output/unet/          SEINEUNet config.json + diffusion_pytorch_model.safetensors (seine.pt's "ema")
+    output/vae/           SD-1.4's AutoencoderKL, safetensors
+    output/text_encoder/  SD-1.4's CLIPTextModel, safetensors
+    output/tokenizer/     SD-1.4's tokenizer files, copied
+    output/scheduler/     SD-1.4's scheduler_config.json, copied
+
+`load_backbone("seine", output)` then reads no pickle at all. The folder is built in a temporary sibling
+and renamed into place at the end, so `output` is either complete or absent; the inputs are only read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import AnyV2VError
+from .loading import load_component, load_json
+
+# what the copied tokenizer / scheduler folders may hold (text files; never a pickle)
+_TEXT_SUFFIXES = {".json", ".txt", ".model"}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _source_files(model: str, subfolder: str) -> list[Path]:
+    """The files of `model`/`subfolder` (a local folder, or the hub snapshot: cache first)."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        folder = local / subfolder
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(model, allow_patterns=[f"{subfolder}/*"])) / subfolder
+        except Exception as e:  # noqa: BLE001 - the component loaded a moment ago: say what failed, in one line
+            raise AnyV2VError(f"cannot fetch {subfolder}/ of {model!r} from the hub: {_first_line(e)}") from None
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _TEXT_SUFFIXES) if folder.is_dir() else []
+    if not files:
+        raise AnyV2VError(f"{model!r} has no {subfolder}/ files to copy; pass a Stable Diffusion 1.4 folder or hub id")
+    return files
+
+
+def _load_unet(checkpoint: Path, config_2d: dict, sd_model: str):
+    """SEINEUNet from SD-1.4's 2D config, filled strictly from the checkpoint's "ema" state dict."""
+    from .backbones.seine_unet import SEINEUNet, load_seine_checkpoint
+
+    try:
+        state = load_seine_checkpoint(checkpoint)
+    except OSError as e:
+        raise AnyV2VError(f"cannot read the SEINE checkpoint {str(checkpoint)!r}: {_first_line(e)}") from None
+    except ValueError as e:
+        raise AnyV2VError(
+            f"{_first_line(e)}; pass the official seine.pt (`hf download xinyuanc91/SEINE seine.pt`)"
+        ) from None
+    try:
+        # built on the meta device, then given (uninitialised) memory: no random init of ~900 M parameters
+        with torch.device("meta"):
+            unet = SEINEUNet.from_config_2d(config_2d)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        raise AnyV2VError(
+            f"{sd_model}/unet/config.json is not a Stable Diffusion 1.x UNet config SEINE inflates: {_first_line(e)}"
+        ) from None
+    floating = {v.dtype for v in state.values() if v.is_floating_point()}
+    dtype = floating.pop() if len(floating) == 1 else torch.float32  # keep the checkpoint's precision
+    unet = unet.to_empty(device="cpu")
+    if dtype != torch.float32:
+        unet = unet.to(dtype)
+    try:
+        # strict: every parameter is overwritten (a missing one raises), so no uninitialised memory survives
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise AnyV2VError(
+            f"{checkpoint} does not fit the SEINE UNet built from {sd_model}/unet/config.json "
+            f"({_first_line(e)}); pass SEINE's checkpoint with the Stable Diffusion 1.4 model it was trained on"
+        ) from None
+    return unet.eval()
+
+
+def _created_parents(path: Path) -> list[Path]:
+    """The missing ancestors of `path`, outermost first (to remove again if the conversion fails)."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing[::-1]
+
+
+def convert_seine(
+    checkpoint: str | os.PathLike | None,
+    sd_model: str,
+    output: str | os.PathLike,
+    overwrite: bool = False,
+) -> Path:
+    """Write SEINE as a safetensors folder (SD-1.4 layout, unet/ = SEINEUNet) at `output`; return its path.
+
+    checkpoint: the official `seine.pt` (a dict whose "ema" is the 3D UNet's state dict); None: the
+    `seine.pt` inside `sd_model`, else from the hub (xinyuanc91/SEINE; cache first, HF_HUB_OFFLINE
+    respected). sd_model: a local Stable Diffusion 1.4 folder or hub id, the source of unet/config.json
+    (inflated to 3D), vae/, text_encoder/, tokenizer/ and scheduler/. An existing `output` is refused
+    unless `overwrite`; it is replaced only once the new folder is complete.
+
+    Raises AnyV2VError (one line, with the fix) for a missing or foreign checkpoint, a checkpoint that
+    does not fit the config, missing SD-1.4 components, or an existing output.
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .backbones.seine import seine_checkpoint_path
+
+    sd_model = str(sd_model)
+    output = Path(output).expanduser().absolute()
+    local_model = Path(sd_model).expanduser()
+    if output.exists() and not overwrite:
+        raise AnyV2VError(f"output {str(output)!r} already exists; choose another path or pass overwrite=True")
+    if local_model.is_dir() and _is_within(local_model.resolve(), output.resolve()):
+        raise AnyV2VError(
+            f"output {str(output)!r} would replace the input model {sd_model!r}; choose a path outside it"
+        )
+
+    if checkpoint is None:
+        ckpt = seine_checkpoint_path(sd_model)  # AnyV2VError with how to get it when absent
+    else:
+        ckpt = Path(checkpoint).expanduser()
+        if not ckpt.is_file():
+            raise AnyV2VError(
+                f"SEINE checkpoint {str(checkpoint)!r} does not exist; pass the path of seine.pt "
+                "(`hf download xinyuanc91/SEINE seine.pt`) or leave it out to use the one in the model folder"
+            )
+    if _is_within(ckpt.resolve(), output.resolve()):
+        raise AnyV2VError(f"output {str(output)!r} would replace the checkpoint {str(ckpt)!r}; choose another path")
+
+    # everything is read and checked before anything is written
+    config_2d = load_json(sd_model, "unet", "config.json")
+    unet = _load_unet(ckpt, config_2d, sd_model)
+    vae = load_component(AutoencoderKL, sd_model, "vae")
+    text_encoder = load_component(CLIPTextModel, sd_model, "text_encoder")
+    load_component(CLIPTokenizer, sd_model, "tokenizer")  # checks the tokenizer reads; its files are copied
+    scheduler_config = load_json(sd_model, "scheduler", "scheduler_config.json")
+    tokenizer_files = _source_files(sd_model, "tokenizer")
+
+    new_parents = _created_parents(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        from .video_io import DIR_MODE
+
+        tmp.chmod(DIR_MODE)
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        text_encoder.save_pretrained(tmp / "text_encoder")  # transformers 5 writes safetensors only
+        (tmp / "tokenizer").mkdir()
+        for f in tokenizer_files:
+            shutil.copyfile(f, tmp / "tokenizer" / f.name)
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2) + "\n")
+        if output.exists():  # overwrite: swap the complete new folder in, then drop the old one
+            old = output.with_name(f".{output.name}.old-{os.getpid()}")
+            os.replace(output, old)
+            os.replace(tmp, output)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(new_parents):
+            try:
+                parent.rmdir()  # only if still empty
+            except OSError:
+                break
+        raise
+    return output
