@@ -274,6 +274,29 @@ def editors() -> None:
             typer.echo(f"    {option}: {text}")
 
 
+@app.command("convert-seine")
+def convert_seine_command(
+    output: Annotated[Path, typer.Option("-o", "--output", help="The folder to write (SD-1.4 layout, safetensors).")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="SEINE's seine.pt [default: in --sd-model, else from the hub].")
+    ] = None,
+    sd_model: Annotated[
+        str, typer.Option(help="Stable Diffusion 1.4 folder or hub id (VAE, text encoder, tokenizer, scheduler).")
+    ] = "CompVis/stable-diffusion-v1-4",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Write SEINE's weights once as safetensors: `--backbone seine --model OUTPUT` then loads no pickle."""
+    _DEBUG["on"] = debug
+    from .convert import convert_seine
+    from .loading import quiet_libraries
+
+    quiet_libraries()
+    written = convert_seine(checkpoint, sd_model, output, overwrite=overwrite)
+    _say(quiet, f"wrote {written}: use --backbone seine --model {written}")
+
+
 # flag -> job field it overrides (`run`); only flags given on the command line override
 RUN_FLAGS = {
     "output": "output", "editor": "editor.name", "edit_prompt": "edit_prompt", "prompt": "edit.prompt",

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import AnyV2VError
-from .loading import load_component, load_json
+from .loading import hub_offline, load_component, load_json
 
 # what the copied tokenizer / scheduler folders may hold (text files; never a pickle)
 _TEXT_SUFFIXES = {".json", ".txt", ".model"}
@@ -58,7 +58,28 @@ def _source_files(model: str, subfolder: str) -> list[Path]:
     return files
 
 
-def _load_unet(checkpoint: Path, config_2d: dict, sd_model: str):
+def _misfit(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """What keeps `given` from loading strictly into a model whose state dict is `expected`; "" if nothing."""
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    resized = [
+        f"{k} {list(given[k].shape)} != {list(v.shape)}"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(names)} {what}: {some(names)}"
+        for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", resized))
+        if names
+    ]
+    return "; ".join(parts)
+
+
+def unet_from_checkpoint(checkpoint: Path, config_2d: dict, sd_model: str):
     """SEINEUNet from SD-1.4's 2D config, filled strictly from the checkpoint's "ema" state dict."""
     from .backbones.seine_unet import SEINEUNet, load_seine_checkpoint
 
@@ -70,6 +91,11 @@ def _load_unet(checkpoint: Path, config_2d: dict, sd_model: str):
         raise AnyV2VError(
             f"{_first_line(e)}; pass the official seine.pt (`hf download xinyuanc91/SEINE seine.pt`)"
         ) from None
+    except Exception as e:  # noqa: BLE001 - the weights-only unpickler fails in many ways on a foreign file
+        raise AnyV2VError(
+            f"{checkpoint} is not a SEINE checkpoint that loads safely (weights only): {type(e).__name__} "
+            f"{_first_line(e)}; pass the official seine.pt (`hf download xinyuanc91/SEINE seine.pt`)"
+        ) from None
     try:
         # built on the meta device, then given (uninitialised) memory: no random init of ~900 M parameters
         with torch.device("meta"):
@@ -78,6 +104,12 @@ def _load_unet(checkpoint: Path, config_2d: dict, sd_model: str):
         raise AnyV2VError(
             f"{sd_model}/unet/config.json is not a Stable Diffusion 1.x UNet config SEINE inflates: {_first_line(e)}"
         ) from None
+    problem = _misfit(unet.state_dict(), state)
+    if problem:
+        raise AnyV2VError(
+            f"{checkpoint} does not fit the SEINE UNet built from {sd_model}/unet/config.json ({problem}); "
+            "pass SEINE's checkpoint with the Stable Diffusion 1.4 model it was trained on"
+        )
     floating = {v.dtype for v in state.values() if v.is_floating_point()}
     dtype = floating.pop() if len(floating) == 1 else torch.float32  # keep the checkpoint's precision
     unet = unet.to_empty(device="cpu")
@@ -86,11 +118,8 @@ def _load_unet(checkpoint: Path, config_2d: dict, sd_model: str):
     try:
         # strict: every parameter is overwritten (a missing one raises), so no uninitialised memory survives
         unet.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise AnyV2VError(
-            f"{checkpoint} does not fit the SEINE UNet built from {sd_model}/unet/config.json "
-            f"({_first_line(e)}); pass SEINE's checkpoint with the Stable Diffusion 1.4 model it was trained on"
-        ) from None
+    except RuntimeError as e:  # not expected after _misfit; kept so no unfitting checkpoint passes silently
+        raise AnyV2VError(f"{checkpoint} does not fit the SEINE UNet: {_first_line(e)}") from None
     return unet.eval()
 
 
@@ -130,14 +159,23 @@ def convert_seine(
     output = Path(output).expanduser().absolute()
     local_model = Path(sd_model).expanduser()
     if output.exists() and not overwrite:
-        raise AnyV2VError(f"output {str(output)!r} already exists; choose another path or pass overwrite=True")
+        raise AnyV2VError(
+            f"output {str(output)!r} already exists; choose another path or pass --overwrite (overwrite=True)"
+        )
     if local_model.is_dir() and _is_within(local_model.resolve(), output.resolve()):
         raise AnyV2VError(
             f"output {str(output)!r} would replace the input model {sd_model!r}; choose a path outside it"
         )
 
     if checkpoint is None:
-        ckpt = seine_checkpoint_path(sd_model)  # AnyV2VError with how to get it when absent
+        try:
+            ckpt = seine_checkpoint_path(sd_model)  # seine.pt in the folder, else the hub (cache first)
+        except AnyV2VError:
+            why = "HF_HUB_OFFLINE is set and it is not in the hub cache" if hub_offline() else "the download failed"
+            raise AnyV2VError(
+                f"no SEINE checkpoint given and no seine.pt in {sd_model!r} ({why}): pass the path of seine.pt, "
+                "or download it first (`hf download xinyuanc91/SEINE seine.pt`)"
+            ) from None
     else:
         ckpt = Path(checkpoint).expanduser()
         if not ckpt.is_file():
@@ -150,7 +188,7 @@ def convert_seine(
 
     # everything is read and checked before anything is written
     config_2d = load_json(sd_model, "unet", "config.json")
-    unet = _load_unet(ckpt, config_2d, sd_model)
+    unet = unet_from_checkpoint(ckpt, config_2d, sd_model)
     vae = load_component(AutoencoderKL, sd_model, "vae")
     text_encoder = load_component(CLIPTextModel, sd_model, "text_encoder")
     load_component(CLIPTokenizer, sd_model, "tokenizer")  # checks the tokenizer reads; its files are copied

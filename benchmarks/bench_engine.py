@@ -182,12 +182,23 @@ def full_size_backbone(name: str, device: str, dtype: torch.dtype):
 def check_full_size(names: list[str]) -> None:
     """Build each full-size model on the meta device and compare its state dicts with the manifests."""
 
+    # names only: current transformers drop CLIPTextModel's `text_model.` prefix, current diffusers
+    # renamed the VAE's attention (both load the old names)
+    renames = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+    def normalise(key: str) -> str:
+        key = key.removeprefix("text_model.")
+        for a, b in renames.items():
+            key = key.replace(a, b)
+        return key
+
     def compare(module: torch.nn.Module, manifest: dict | None) -> str:
         ours = {k: list(v.shape) for k, v in module.state_dict().items()}
         count = f"{len(ours)} tensors, {sum(int(np.prod(s)) for s in ours.values()) / 1e6:.1f} M values"
         if manifest is None:
             return f"{count} | no manifest"
-        theirs = manifest.get("keys") or manifest["shapes"]
+        theirs = {normalise(k): v for k, v in (manifest.get("keys") or manifest["shapes"]).items()}
+        ours = {normalise(k): v for k, v in ours.items()}
         # transformers < 4.31 kept `position_ids` as a persistent buffer; it holds no weights
         missing = [k for k in theirs if k not in ours and not k.endswith("position_ids")]
         extra = [k for k in ours if k not in theirs]
@@ -295,9 +306,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [n for n in BACKBONES if n in (args.backbone or ["all"]) or "all" in (args.backbone or ["all"])]
+    chosen = set(args.backbone or ["all"])
+    names = [n for n in BACKBONES if n in chosen or "all" in chosen]
 
-    from anyv2v_batch import EditSettings, InversionSettings, load_backbone
+    from anyv2v_batch import EditSettings, load_backbone
     from anyv2v_batch.inversion import invert_batch
     from anyv2v_batch.loading import quiet_libraries
     from anyv2v_batch.pnp_edit import EditRequest, check_inversion_serves, edit_batch, plan_sampling

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, moving_clip
+import torch
+from conftest import FIXTURES, TINY_MODEL, moving_clip
 from PIL import Image
 
 from anyv2v_batch.cli import main
@@ -203,3 +204,36 @@ def test_missing_weights_offline_in_a_real_process(files):
     )
     assert "HF_HUB_OFFLINE" in proc.stderr and "Traceback" not in proc.stderr
     assert not (files / "o.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("backbone", "missing"),
+    [("consisti2v", "unet/config.json of model 'TIGER-Lab/ConsistI2V'"), ("seine", "the vae of model 'CompVis/")],
+)
+def test_other_backbones_without_weights_offline_say_so_in_one_line(files, capsys, monkeypatch, backbone, missing):
+    monkeypatch.setenv("HF_HOME", str(files / "hf-home"))  # an empty hub cache; HF_HUB_OFFLINE is set
+    code, err = run_cli(
+        ["edit", files / "src.mp4", "--first-frame", files / "edited.png", "-o", files / "o.mp4",
+         "--backbone", backbone, "--frames", 16, "--device", "cpu"], capsys,
+    )  # fmt: skip
+    assert code == 1
+    last = err.strip().splitlines()[-1]  # after the progress line
+    assert last.startswith(f"error: cannot load {missing}") and "HF_HUB_OFFLINE" in last and "Traceback" not in err
+    assert not (files / "o.mp4").exists()
+
+
+def test_convert_seine_writes_a_folder_without_pickles(files, capsys):
+    from safetensors.torch import load_file
+
+    from anyv2v_batch.backbones.seine_unet import load_seine_checkpoint
+
+    tiny = FIXTURES / "seine-reference" / "tiny-seine"
+    argv = ["convert-seine", "--checkpoint", tiny / "seine.pt", "--sd-model", tiny, "-o", files / "s"]
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert not [p for p in (files / "s").rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
+    converted = load_file(files / "s" / "unet" / "diffusion_pytorch_model.safetensors")
+    ema = load_seine_checkpoint(tiny / "seine.pt")
+    assert converted.keys() == ema.keys() and all(torch.equal(converted[k], ema[k]) for k in ema)
+    code, err = run_cli(argv, capsys)
+    assert code == 1 and "already exists" in err and "--overwrite" in err

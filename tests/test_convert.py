@@ -3,6 +3,7 @@ that loads into the same model; its one-line errors; nothing half-written on fai
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from anyv2v_batch import AnyV2VError, load_backbone
@@ -30,9 +32,15 @@ def tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
-def is_pickle_or_torch_zip(path: Path) -> bool:
-    head = path.read_bytes()[:2]
-    return head[:1] == b"\x80" or head == b"PK"  # pickle protocol >= 2 / torch.save's zip container
+def readable_without_pickle(path: Path) -> bool:
+    """A safetensors file that safetensors opens, or a JSON / text file (a pickle is neither)."""
+    if path.suffix == ".safetensors":
+        with safe_open(path, "pt") as f:
+            return len(list(f.keys())) > 0
+    text = path.read_bytes().decode("utf-8")  # pickles (protocol >= 2) start with 0x80: not UTF-8
+    if path.suffix == ".json":
+        json.loads(text)
+    return path.suffix in {".json", ".txt"}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,7 @@ def test_converted_folder_is_complete_and_holds_no_pickle(converted):
         "scheduler/scheduler_config.json",
     }
     assert not [p for p in converted.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}]
-    assert not [p for p in converted.rglob("*") if p.is_file() and is_pickle_or_torch_zip(p)]
+    assert all(readable_without_pickle(p) for p in converted.rglob("*") if p.is_file())
     assert [p.name for p in converted.parent.iterdir()] == ["seine-converted"]  # no temporary folder left
     assert json.loads((converted / "unet" / "config.json").read_text())["_class_name"] == "SEINEUNet"
     # the copied pieces are byte-identical / equal to the source's
@@ -98,11 +106,16 @@ def test_converted_folder_loads_into_the_same_model(backbones):
     sample = torch.randn(1, 9, 8, 8, 8, generator=generator)
     context = torch.randn(1, 77, 32, generator=generator)
     with torch.inference_mode():
-        a = ours.unet(sample, torch.tensor(500), context)
         b = original.unet(sample, torch.tensor(500), context)
-    assert a.shape == (1, 4, 8, 8, 8)
+        # The converted UNet's parameters are views into the memory-mapped safetensors file, at offsets
+        # that are not 64-byte aligned; on the CPU the kernels then take other vector paths and round
+        # differently (~1e-6 relative). In freshly allocated memory (a deep copy) it is bit-identical.
+        a = copy.deepcopy(ours.unet)(sample, torch.tensor(500), context)
+        as_loaded = ours.unet(sample, torch.tensor(500), context)
+    assert a.shape == b.shape == (1, 4, 8, 8, 8)
     assert a.abs().sum() > 0
     assert torch.equal(a, b)
+    assert float((as_loaded - b).norm() / b.norm()) < 1e-6
 
 
 def test_checkpoint_none_takes_seine_pt_from_the_model_folder_and_overwrite_replaces(converted, tmp_path):
@@ -114,8 +127,9 @@ def test_checkpoint_none_takes_seine_pt_from_the_model_folder_and_overwrite_repl
     assert [p.name for p in out.iterdir()] == ["stale.txt"]  # untouched
     assert convert_seine(None, str(TINY), out, overwrite=True) == out
     assert not (out / "stale.txt").exists()
-    assert tree_digest(out)["unet/diffusion_pytorch_model.safetensors"] == (
-        tree_digest(converted)["unet/diffusion_pytorch_model.safetensors"]
+    assert (
+        tree_digest(out)["unet/diffusion_pytorch_model.safetensors"]
+        == (tree_digest(converted)["unet/diffusion_pytorch_model.safetensors"])
     )
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # neither the temporary nor the old folder remains
 
@@ -135,7 +149,9 @@ def test_missing_checkpoint_in_model_folder_offline(tmp_path):
     model = tmp_path / "sd14"
     shutil.copytree(TINY, model)
     (model / "seine.pt").unlink()
-    with pytest.raises(AnyV2VError, match="cannot find SEINE's seine.pt .*HF_HUB_OFFLINE"):
+    with pytest.raises(
+        AnyV2VError, match="no SEINE checkpoint given and no seine.pt in .*HF_HUB_OFFLINE is set.*hf download"
+    ):
         convert_seine(None, str(model), tmp_path / "out")
     _assert_nothing_written(tmp_path, {"sd14"})
 
@@ -159,12 +175,12 @@ def test_state_dict_that_does_not_fit_the_config(tmp_path):
     missing = dict(ema)
     missing.pop("conv_in.weight")
     torch.save({"ema": missing}, tmp_path / "missing.pt")
-    with pytest.raises(AnyV2VError, match=r"does not fit the SEINE UNet.*conv_in\.weight") as e:
+    with pytest.raises(AnyV2VError, match=r"does not fit the SEINE UNet.*\(1 missing: conv_in\.weight\)") as e:
         convert_seine(tmp_path / "missing.pt", str(TINY), tmp_path / "out")
     assert "\n" not in str(e.value)
     resized = dict(ema, **{"conv_in.weight": torch.zeros(32, 4, 3, 3)})  # a 2D SD input layer, not SEINE's 9
     torch.save({"ema": resized}, tmp_path / "resized.pt")
-    with pytest.raises(AnyV2VError, match=r"does not fit the SEINE UNet.*size mismatch"):
+    with pytest.raises(AnyV2VError, match=r"1 of another shape: conv_in\.weight \[32, 4, 3, 3\] != \[32, 9, 3, 3\]"):
         convert_seine(tmp_path / "resized.pt", str(TINY), tmp_path / "out")
     _assert_nothing_written(tmp_path, {"missing.pt", "resized.pt"})
 

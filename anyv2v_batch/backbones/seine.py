@@ -33,7 +33,7 @@ from ..errors import AnyV2VError
 from ..loading import hub_offline, load_component, load_json, resolve_device, resolve_dtype
 from .base import Backbone, Branch, Conditioning
 from .common import encode_prompts, frames_to_pixels, unique_rows, vae_decode_video, vae_encode
-from .seine_unet import INJECTION_POSITIONS, SEINEUNet, load_seine_checkpoint
+from .seine_unet import INJECTION_POSITIONS, SEINEUNet
 
 # the official configs override SD-1.4's scaled-linear betas (configs/*.yaml `beta_*`)
 BETAS = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
@@ -63,14 +63,9 @@ def load_seine_unet(model: str, dtype: torch.dtype) -> SEINEUNet:
     config = load_json(model, "unet", "config.json")
     if config.get("_class_name") == SEINEUNet.__name__:
         return load_component(SEINEUNet, model, "unet", torch_dtype=dtype)
-    unet = SEINEUNet.from_config_2d(config)
-    path = seine_checkpoint_path(model)
-    try:
-        unet.load_state_dict(load_seine_checkpoint(path), strict=True)
-    except (ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0][:300]
-        raise AnyV2VError(f"{path} does not fit the SEINE UNet built from {model}/unet/config.json: {first}") from None
-    return unet.to(dtype)
+    from ..convert import unet_from_checkpoint
+
+    return unet_from_checkpoint(seine_checkpoint_path(model), config, model).to(dtype)
 
 
 class SEINE(Backbone):
