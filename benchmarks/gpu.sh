@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU benchmark of the issues in one command; the tables go to stdout. Full-size architectures,
 # random weights (speed does not depend on the values), each backbone at its official defaults.
-#   bash benchmarks/gpu.sh | tee benchmarks/out/gpu-$(date +%F).md
+#   mkdir -p benchmarks/out && bash benchmarks/gpu.sh | tee benchmarks/out/gpu-$(date +%F).md
 # One part only (each is one table; a part runs in well under 10 minutes on an H100, all together longer):
 #   bash benchmarks/gpu.sh backbones      # I2VGen-XL, ConsistI2V, SEINE: float16, one clip per call
 #   bash benchmarks/gpu.sh i2vgen-xl      # I2VGen-XL: float16 and bfloat16, 1-4 clips per call

@@ -102,3 +102,25 @@ def test_run_refuses_bad_jobs_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_each_variant_takes_its_backbones_defaults_unless_the_job_says_otherwise():
+    raw = {
+        "input": "x.tar", "output": "o", "model": "/m/i2v", "inversion": {"steps": 100},
+        "variants": [
+            {"name": "a"},
+            {"name": "b", "backbone": "consisti2v"},
+            {"name": "c", "backbone": "seine", "model": "/m/seine", "edit": {"guidance_scale": 6.0}},
+        ],
+    }  # fmt: skip
+    a, b, c = build_job(raw).variants
+    assert (a.backbone, a.model, b.backbone, b.model) == ("i2vgen-xl", "/m/i2v", "consisti2v", None)
+    assert c.model == "/m/seine"
+    assert (a.edit.guidance_scale, b.edit.guidance_scale, c.edit.guidance_scale) == (9.0, 35.0, 6.0)
+    assert (a.edit.init_step, b.edit.init_step, b.clip.width, c.clip.width) == (0, 4, 256, 512)
+    assert (a.inversion.save_steps, c.inversion.save_steps) == (None, 250)
+    assert a.inversion.steps == b.inversion.steps == c.inversion.steps == 100  # the job's value beats defaults
+    assert build_job(raw).models() == [("i2vgen-xl", "/m/i2v"), ("consisti2v", None), ("seine", "/m/seine")]
+    # a command-line --backbone applies to every variant
+    flagged = build_job(raw, overrides={"backbone": "seine"}).variants
+    assert {v.backbone for v in flagged} == {"seine"} and flagged[0].edit.guidance_scale == 4.0
