@@ -9,6 +9,8 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..loading import load_component, load_json, resolve_device, resolve_dtype
+
 
 def frames_to_pixels(frames: Sequence[np.ndarray], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """uint8 frames [H, W, 3] -> [N, 3, H, W] in [-1, 1] (ToTensor, then Normalize(0.5, 0.5))."""
@@ -51,3 +53,43 @@ def unique_rows(values: Sequence, key=id) -> tuple[list, list[int]]:
         distinct.setdefault(key(v), v)
     order = list(distinct)
     return list(distinct.values()), [order.index(key(v)) for v in values]
+
+
+def load_sd_parts(model: str, device, dtype, variant: str | None) -> dict:
+    """A Stable-Diffusion-layout folder's VAE, CLIP text encoder, tokenizer and scheduler config, on the
+    device: {"vae", "vae_dtype", "text_encoder", "tokenizer", "scheduler_config", "device", "dtype"}.
+    The VAE stays in float32 under half precision where its config asks (`force_upcast`, default on:
+    the SD VAEs overflow in float16 at 512 px)."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    kw = {"variant": variant} if variant else {}
+    vae = load_component(AutoencoderKL, model, "vae", torch_dtype=dt, **kw)
+    vae_dtype = torch.float32 if vae.config.get("force_upcast", True) and dt != torch.float32 else dt
+    return {
+        "vae": vae.to(dev, vae_dtype),
+        "vae_dtype": vae_dtype,
+        "text_encoder": load_component(CLIPTextModel, model, "text_encoder", dtype=dt, **kw).to(dev),
+        "tokenizer": load_component(CLIPTokenizer, model, "tokenizer"),
+        "scheduler_config": load_json(model, "scheduler", "scheduler_config.json"),
+        "device": dev,
+        "dtype": dt,
+    }
+
+
+class FrameByFrameVAE:
+    """encode_video / decode_video for backbones whose VAE sees each frame at the clip size as it is
+    (ConsistI2V, SEINE: the official Resize / CenterCrop are identities there). Needs `vae`, `device`,
+    `vae_dtype`."""
+
+    vae: AutoencoderKL
+    device: torch.device
+    vae_dtype: torch.dtype
+
+    @torch.inference_mode()
+    def encode_video(self, frames: np.ndarray) -> torch.Tensor:
+        # frames [F, H, W, 3] uint8 -> latents [1, C, F, h, w]
+        latents = vae_encode(self.vae, frames_to_pixels(list(frames), self.device, self.vae_dtype))  # [F, C, h, w]
+        return latents.permute(1, 0, 2, 3).unsqueeze(0)
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        return vae_decode_video(self.vae, latents, self.vae_dtype)

@@ -19,22 +19,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import AnyV2VError
-from ..loading import load_component, load_json, resolve_device, resolve_dtype
+from ..loading import load_component, load_json
 from ..settings import ClipSettings
 from .base import Backbone, Branch, Conditioning
-from .common import encode_prompts, frames_to_pixels, unique_rows, vae_decode_video, vae_encode
+from .common import FrameByFrameVAE, encode_prompts, frames_to_pixels, load_sd_parts, unique_rows, vae_encode
 from .consisti2v_unet import CONV_POSITIONS, SPATIAL_POSITIONS, TEMPORAL_POSITIONS, ConsistI2VUNet
 
 FRAME_STRIDE = 3  # the official default (configs/pipeline_256/*.yaml `frame_stride`)
 
 
-class ConsistI2V(Backbone):
+class ConsistI2V(FrameByFrameVAE, Backbone):
     name: ClassVar[str] = "consisti2v"
     default_model: ClassVar[str] = "TIGER-Lab/ConsistI2V"
     injection_positions: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -72,16 +71,12 @@ class ConsistI2V(Backbone):
         """Load from the hub id or a local folder in its layout (unet/, vae/, text_encoder/, tokenizer/,
         scheduler/). The VAE runs in float32 under half precision (the SD-2.1 VAE's `force_upcast`)."""
         model = model or cls.default_model
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
+        parts = load_sd_parts(model, device, dtype, variant)
         kw = {"variant": variant} if variant else {}
-        unet = load_component(ConsistI2VUNet, model, "unet", torch_dtype=dt, **kw)
-        vae = load_component(AutoencoderKL, model, "vae", torch_dtype=dt, **kw)
-        vae_dtype = torch.float32 if vae.config.get("force_upcast", True) and dt != torch.float32 else dt
-        text_encoder = load_component(CLIPTextModel, model, "text_encoder", dtype=dt, **kw)
-        tokenizer = load_component(CLIPTokenizer, model, "tokenizer")
-        scheduler_config = load_json(model, "scheduler", "scheduler_config.json")
-        return cls(unet.to(dev), vae.to(dev, vae_dtype), text_encoder.to(dev), tokenizer, scheduler_config, vae_dtype)
+        unet = load_component(ConsistI2VUNet, model, "unet", torch_dtype=parts["dtype"], **kw).to(parts["device"])
+        return cls(
+            unet, parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler_config"], parts["vae_dtype"]
+        )
 
     def scheduler(self, inverse: bool = False):
         cls = DDIMInverseScheduler if inverse else DDIMScheduler
@@ -110,16 +105,6 @@ class ConsistI2V(Backbone):
     def full_video(self, sampled: torch.Tensor, cond: Conditioning, row: int) -> torch.Tensor:
         first = cond["first_frame_latents"][row : row + 1].to(sampled.device, sampled.dtype)
         return torch.cat([first, sampled], dim=2)
-
-    # ---- VAE
-    @torch.inference_mode()
-    def encode_video(self, frames: np.ndarray) -> torch.Tensor:
-        # frames [F, H, W, 3] (already at the clip size, where the official Resize + CenterCrop are identities)
-        latents = vae_encode(self.vae, frames_to_pixels(list(frames), self.device, self.vae_dtype))  # [F, C, h, w]
-        return latents.permute(1, 0, 2, 3).unsqueeze(0)
-
-    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        return vae_decode_video(self.vae, latents, self.vae_dtype)
 
     # ---- conditioning
     @torch.inference_mode()

@@ -23,16 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMInverseScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..ddpm import DDPMSampler
 from ..errors import AnyV2VError
-from ..loading import hub_offline, load_component, load_json, resolve_device, resolve_dtype
+from ..loading import hub_offline, load_component, load_json
 from .base import Backbone, Branch, Conditioning
-from .common import encode_prompts, frames_to_pixels, unique_rows, vae_decode_video, vae_encode
+from .common import FrameByFrameVAE, encode_prompts, frames_to_pixels, load_sd_parts, unique_rows, vae_encode
 from .seine_unet import INJECTION_POSITIONS, SEINEUNet
 
 # the official configs override SD-1.4's scaled-linear betas (configs/*.yaml `beta_*`)
@@ -68,7 +67,7 @@ def load_seine_unet(model: str, dtype: torch.dtype) -> SEINEUNet:
     return unet_from_checkpoint(seine_checkpoint_path(model), config, model).to(dtype)
 
 
-class SEINE(Backbone):
+class SEINE(FrameByFrameVAE, Backbone):
     name: ClassVar[str] = "seine"
     default_model: ClassVar[str] = "CompVis/stable-diffusion-v1-4"
     injection_positions: ClassVar[dict[str, tuple[str, ...]]] = dict(INJECTION_POSITIONS)
@@ -115,16 +114,11 @@ class SEINE(Backbone):
         variant: str | None = None,
     ) -> SEINE:
         model = model or cls.default_model
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        kw = {"variant": variant} if variant else {}
-        vae = load_component(AutoencoderKL, model, "vae", torch_dtype=dt, **kw)
-        vae_dtype = torch.float32 if vae.config.get("force_upcast", True) and dt != torch.float32 else dt
-        text_encoder = load_component(CLIPTextModel, model, "text_encoder", dtype=dt, **kw)
-        tokenizer = load_component(CLIPTokenizer, model, "tokenizer")
-        scheduler_config = load_json(model, "scheduler", "scheduler_config.json")
-        unet = load_seine_unet(model, dt)
-        return cls(unet.to(dev), vae.to(dev, vae_dtype), text_encoder.to(dev), tokenizer, scheduler_config, vae_dtype)
+        parts = load_sd_parts(model, device, dtype, variant)
+        unet = load_seine_unet(model, parts["dtype"]).to(parts["device"])
+        return cls(
+            unet, parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler_config"], parts["vae_dtype"]
+        )
 
     # ---- sampling: DDIM inversion, DDPM edit
     def scheduler(self, inverse: bool = False):
@@ -139,15 +133,6 @@ class SEINE(Backbone):
         if not from_first_step:  # a later start (not in the official code): the inversion at that step
             return self.source_timestep(run[0])
         return max(self.stored_timesteps(inversion_settings))  # the noisiest saved latent, as the official
-
-    # ---- VAE
-    @torch.inference_mode()
-    def encode_video(self, frames: np.ndarray) -> torch.Tensor:
-        latents = vae_encode(self.vae, frames_to_pixels(list(frames), self.device, self.vae_dtype))  # [F, C, h, w]
-        return latents.permute(1, 0, 2, 3).unsqueeze(0)
-
-    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        return vae_decode_video(self.vae, latents, self.vae_dtype)
 
     # ---- conditioning
     @torch.inference_mode()
