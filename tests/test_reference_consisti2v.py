@@ -20,6 +20,8 @@ from anyv2v_batch.pnp_edit import edit_branches, prepare_first_frame
 
 TOLERANCE = 1e-4
 ROOT = FIXTURES / "consisti2v-reference"
+# case-a: the shared fixture; further cases recorded the same way (tools/reference/consisti2v/)
+CASES = [ROOT / "case-a"] + sorted(p for p in (FIXTURES / "consisti2v-cases").glob("case-*") if p.is_dir())
 
 
 class Case:
@@ -80,9 +82,14 @@ def case() -> Case:
     return Case(ROOT / "case-a")
 
 
-@pytest.fixture(scope="module")
-def stages(backbone, case):
-    """Every stage's relative error against the reference, and what the edit did."""
+@pytest.fixture(scope="module", params=CASES, ids=lambda p: p.name)
+def stages(request, backbone):
+    case = Case(request.param)
+    return (case, *stage_errors(backbone, case))
+
+
+def stage_errors(backbone, case: Case):
+    """Every stage's relative error against the reference case, and what the edit did."""
     c, ref = case.case, case.ref
     n = c["n_frames"]
     errors = {}
@@ -122,22 +129,22 @@ def stages(backbone, case):
 
 
 def test_every_stage_matches_the_official_code(stages):
-    errors, _ = stages
+    case, errors, _ = stages
     bad = {k: v for k, v in errors.items() if not v <= TOLERANCE}
-    assert not bad, f"stages off by more than {TOLERANCE}: {bad}"
+    assert not bad, f"{case.case['name']}: stages off by more than {TOLERANCE}: {bad}"
 
 
-def test_injection_fires_in_the_official_windows_of_the_full_schedule(stages, case):
-    _, result = stages
+def test_injection_fires_in_the_official_windows_of_the_full_schedule(stages):
+    case, _, result = stages
     c = case.case
     run = set(result.timesteps)
     for kind in ("conv", "spatial", "temporal"):
         assert result.injected[kind] == sorted(run & set(c[f"{kind}_injected"]), reverse=True), kind
 
 
-def test_output_frame_0_is_the_edited_frame_latent(stages, case):
+def test_output_frame_0_is_the_edited_frame_latent(stages):
     """The official output puts the edited first frame's latent in front of the sampled frames."""
-    _, result = stages
+    case, _, result = stages
     # up to the posterior noise of the reference's .sample()
     assert rel_err(result.latents[:, :, 0], case.ref["edit/first_frame_latents"][2, :, 0][None]) <= 1e-5
 
