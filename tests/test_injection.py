@@ -54,7 +54,7 @@ def test_fractions_zero_equal_plain_sampling_from_the_inverted_latent(tiny_backb
     plain = edit(tiny_backbone, inv, case_a.edited, zero, inject=False, decode=False)
     # the official way: the source branch rides along at every step and is thrown away
     kept = edit(tiny_backbone, inv, case_a.edited, zero, trim_source=False, decode=False)
-    assert kept.injected == {"conv": [], "spatial": [], "temporal": []}
+    assert kept.injected == {"conv": [], "spatial": [], "temporal": [], "cross": []}
     assert rel_err(kept.latents, plain.latents) < 1e-5
     assert kept.unet_batch_entries == 3 * 10 and plain.unet_batch_entries == 2 * 10
     # and a real edit is far from it, so the comparison above can fail
@@ -118,7 +118,9 @@ def test_from_start_window_fires_on_the_steps_that_run(tiny_backbone, case_a):
     inv = case_a.reference_inversion()
     s = case_a.edit_settings(init_step=2, injection_window="from-start")
     result = edit(tiny_backbone, inv, case_a.edited, s, decode=False)
-    assert result.injected == {"conv": [701, 601], "spatial": [701, 601], "temporal": [701, 601, 501, 401, 301]}
+    assert result.injected == {
+        "conv": [701, 601], "spatial": [701, 601], "temporal": [701, 601, 501, 401, 301], "cross": [],
+    }  # fmt: skip
 
 
 def test_inversion_value_pickles_and_slims(tiny_backbone, case_a):
@@ -178,3 +180,13 @@ def test_clips_inverted_together_equal_each_alone(tiny_backbone, case_a):
             assert inv.timesteps == alone.timesteps
             assert rel_err(inv.latents, alone.latents) < 1e-5
             assert np.array_equal(inv.source_first_frame, clip[0])
+
+
+def test_cross_attention_injection_is_refused_where_a_backbone_has_none(tiny_backbone):
+    from anyv2v_batch import EditSettings, InversionSettings
+    from anyv2v_batch.errors import AnyV2VError
+    from anyv2v_batch.pnp_edit import plan_sampling
+
+    with pytest.raises(AnyV2VError, match="--pnp-cross: i2vgen-xl has no cross-attention injection"):
+        plan_sampling(tiny_backbone, EditSettings(pnp_cross=0.1), InversionSettings())
+    assert plan_sampling(tiny_backbone, EditSettings(), InversionSettings()).windows["cross"] == set()
