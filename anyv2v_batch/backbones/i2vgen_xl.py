@@ -26,6 +26,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 from ..imaging import center_crop_wide, to_pil
 from ..loading import load_component, load_json, resolve_device, resolve_dtype
 from .base import Backbone, Branch, Conditioning
+from .common import vae_decode_video, vae_encode
 
 # decoder blocks 4-11: every up-block attention but the first one of the lowest resolution
 _ATTENTION_BLOCKS = [(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2)]
@@ -123,33 +124,16 @@ class I2VGenXL(Backbone):
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return (2.0 * pixels - 1.0).to(self.device, self.vae_dtype)
 
-    def _vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        chunks = [
-            self.vae.encode(pixels[i : i + self.encode_chunk_size]).latent_dist.mode()
-            for i in range(0, pixels.shape[0], self.encode_chunk_size)
-        ]
-        return torch.cat(chunks).float() * self.vae.config.scaling_factor
-
     @torch.inference_mode()
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
         # frames [F, H, W, 3] -> latents [1, C, F, h, w]
         height, width = frames.shape[1:3]
-        latents = self._vae_encode(self._frames_to_pixels(list(frames), width, height))  # [F, C, h, w]
+        pixels = self._frames_to_pixels(list(frames), width, height)
+        latents = vae_encode(self.vae, pixels, self.encode_chunk_size)  # [F, C, h, w]
         return latents.permute(1, 0, 2, 3).unsqueeze(0)
 
-    @torch.inference_mode()
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        # latents [B, C, F, h, w] -> video [B, 3, F, H, W]
-        b, c, f, h, w = latents.shape
-        flat = (latents / self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        flat = flat.to(self.device, self.vae_dtype)
-        images = torch.cat(
-            [
-                self.vae.decode(flat[i : i + self.decode_chunk_size]).sample.float()
-                for i in range(0, flat.shape[0], self.decode_chunk_size)
-            ]
-        )
-        return images.reshape(b, f, *images.shape[1:]).permute(0, 2, 1, 3, 4)
+        return vae_decode_video(self.vae, latents, self.vae_dtype, self.decode_chunk_size)
 
     # ---- conditioning
     @torch.inference_mode()
@@ -186,7 +170,8 @@ class I2VGenXL(Backbone):
     def image_latents(self, frames: Sequence[np.ndarray], num_frames: int) -> torch.Tensor:
         """First frames -> [N, C, F, h, w]: the VAE latent, then the frame-position mask k / (F - 1)."""
         height, width = frames[0].shape[:2]
-        first = self._vae_encode(self._frames_to_pixels(frames, width, height)).unsqueeze(2)  # [N, C, 1, h, w]
+        pixels = self._frames_to_pixels(frames, width, height)
+        first = vae_encode(self.vae, pixels, self.encode_chunk_size).unsqueeze(2)  # [N, C, 1, h, w]
         mask = [torch.ones_like(first) * ((k + 1) / (num_frames - 1)) for k in range(num_frames - 1)]
         return torch.cat([first, *mask], dim=2)
 
