@@ -5,14 +5,9 @@ every sampling call, the final latents, the decoded video. Each stage starts fro
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, load_frames, rel_err
-from PIL import Image
+from conftest import FIXTURES, ReferenceCase, rel_err
 
 from anyv2v_batch import EditSettings, Inversion, InversionSettings, edit, invert
 from anyv2v_batch.inversion import inversion_branches
@@ -24,14 +19,9 @@ ROOT = FIXTURES / "consisti2v-reference"
 CASES = [ROOT / "case-a"] + sorted(p for p in (FIXTURES / "consisti2v-cases").glob("case-*") if p.is_dir())
 
 
-class Case:
-    def __init__(self, path: Path):
-        from safetensors.torch import load_file
-
-        self.case = json.loads((path / "case.json").read_text())
-        self.ref = load_file(path / "reference.safetensors")
-        self.frames = load_frames(path / "source")
-        self.edited = np.asarray(Image.open(path / "edited_first_frame.png").convert("RGB"))
+class Case(ReferenceCase):
+    """A recorded case (case.json, reference.safetensors, source/, edited_first_frame.png) with this
+    backbone's settings."""
 
     def inversion_settings(self) -> InversionSettings:
         c = self.case
