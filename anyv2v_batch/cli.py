@@ -58,6 +58,9 @@ def _check_output(source: Path, output: Path, overwrite: bool, kinds: str = "vid
         raise AnyV2VError(f"output {str(output)!r} already exists; pass --overwrite to replace it")
     if output.exists() and output.is_dir() != (output.suffix == ""):
         raise AnyV2VError(f"output {str(output)!r} exists and is not a {'folder' if not output.suffix else 'file'}")
+    from .video_io import check_writable_path
+
+    check_writable_path(output)  # a temporary file where the output will go, before any model loads
 
 
 @app.command()
@@ -155,17 +158,17 @@ def edit(
     from .backbones import load_backbone
     from .inversion import invert
     from .loading import quiet_libraries
-    from .pnp_edit import check_inversion_serves, plan_sampling, prepare_first_frame
+    from .pnp_edit import check_edit_settings, plan_sampling, prepare_first_frame
     from .pnp_edit import edit as run_edit
     from .video_io import read_source, write_video
 
     quiet_libraries()
     backbone_cls.check_settings(model, clip_settings)  # from the configs, before any work
+    check_edit_settings(backbone_cls, model, edit_settings, inv_settings)
     _say(quiet, f"loading {backbone} from {model or backbone_cls.default_model}")
     bb = load_backbone(backbone, model, device=device, dtype=dtype, variant=variant)
     bb.check_clip(clip_settings)
     needed = plan_sampling(bb, edit_settings, inv_settings).needed
-    check_inversion_serves(inv_settings, needed, bb)
     clip = read_source(source, frames, fps, width, height, resize)  # type: ignore[arg-type]
     edited = prepare_first_frame(
         _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet), width, height
@@ -307,7 +310,7 @@ RUN_FLAGS = {
     "width": "clip.width", "height": "clip.height", "resize": "clip.resize", "backbone": "backbone",
     "model": "model", "device": "device", "dtype": "dtype", "address": "ray.address", "inversions": "inversions",
     "inversion_save_steps": "inversion.save_steps", "pnp_cross": "edit.pnp_cross",
-    "fix_source_frame": "edit.fix_source_frame",
+    "fix_source_frame": "edit.fix_source_frame", "redo_changed": "redo_changed",
 }  # fmt: skip
 
 
@@ -352,6 +355,12 @@ def run(
     inversions: Annotated[
         str | None, typer.Option(help="Store of inversions: `invert` writes it, `run` reuses what it holds.")
     ] = None,
+    redo_changed: Annotated[
+        bool | None,
+        typer.Option(
+            "--redo-changed", help="Recompute and replace outputs a variant made with other settings (else refused)."
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any job field: PATH=VALUE, e.g. pools.sampler.size=4.")
     ] = None,
@@ -378,7 +387,7 @@ def _job_command(mode: str, *, job_file, input, set_, editor_option, quiet, debu
     overrides |= {RUN_FLAGS[k]: v for k, v in flags.items() if v is not None}
     if input:
         overrides["input"] = list(input)
-    job = load_job(job_file, overrides)
+    job = load_job(job_file, overrides, mode)
 
     from .pipelines.anyv2v_job import run_job
 

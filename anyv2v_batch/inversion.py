@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone, Branch
-from .errors import AnyV2VError
 from .imaging import as_rgb_array
+from .schedule import missing_timestep_error, set_schedule
 from .settings import ClipSettings, InversionSettings
 
 
@@ -69,43 +69,12 @@ class Inversion:
         )
 
 
-def missing_timestep_error(t: int, inversion_steps: int, save_steps: int | None = None) -> AnyV2VError:
-    if save_steps is not None:
-        return AnyV2VError(
-            f"the inversion stores no latent at timestep {t}: {inversion_steps} inversion steps saved on a "
-            f"{save_steps}-step grid do not hold it; pick --inversion-steps and --inversion-save-steps whose "
-            "timesteps include every one the edit reads (the official 500 and 250 serve 50 sampling steps)"
-        )
-    return AnyV2VError(
-        f"the inversion holds no latent at timestep {t}: {inversion_steps} inversion steps do not visit it; "
-        "pick --inversion-steps so that they include every sampling timestep (e.g. 500, 250, 100 or 50 "
-        "for 50 sampling steps)"
-    )
-
-
 def guided_prediction(backbone: Backbone, latents: torch.Tensor, t: int, cond, guidance_scale: float) -> torch.Tensor:
     """Model output with classifier-free guidance: cond holds [negative, positive] when guidance > 1."""
     if guidance_scale > 1.0:
         neg, pos = backbone.predict(torch.cat([latents, latents]), t, cond).chunk(2)
         return neg + guidance_scale * (pos - neg)
     return backbone.predict(latents, t, cond)
-
-
-def set_schedule(scheduler, steps: int, flag: str) -> list[int]:
-    """`scheduler.set_timesteps(steps)`, refusing schedules that leave the model's timestep range."""
-    last = scheduler.config.num_train_timesteps - 1
-    try:
-        scheduler.set_timesteps(steps)
-    except ValueError:
-        raise AnyV2VError(f"{flag} {steps} is more than the model's {last + 1} training timesteps") from None
-    timesteps = [int(t) for t in scheduler.timesteps]
-    if max(timesteps) > last:
-        # leading spacing plus steps_offset 1 puts the last step of a 1000-step schedule at t = 1000
-        raise AnyV2VError(
-            f"{flag} {steps} reaches timestep {max(timesteps)}, beyond the model's last timestep {last}; "
-            f"use at most {last} steps"
-        )
-    return timesteps
 
 
 def inversion_branches(first_frame: np.ndarray, settings: InversionSettings) -> list[Branch]:
@@ -167,7 +136,7 @@ def invert_batch(
 
     scheduler = backbone.scheduler(inverse=True)
     timesteps = set_schedule(scheduler, settings.steps, "--inversion-steps")
-    stored = set(backbone.stored_timesteps(settings))
+    stored = set(backbone.schedule.stored_timesteps(settings))
     wanted = stored if keep is None else stored & {int(t) for t in keep}
     # the conditioning row of each clip's positive branch (guidance puts the negatives first)
     rows = [c + (len(clips) if settings.guidance_scale > 1.0 else 0) for c in range(len(clips))]

@@ -78,10 +78,20 @@ class JobSpec:
     # stored inversions (written by `anyv2v-batch invert`): reused when valid, recomputed otherwise
     inversions: str | None = None
     store_all_timesteps: bool = False  # `invert`: keep every timestep, not only those the variants read
+    # a rerun recomputes (and replaces) pairs made with other settings instead of refusing
+    redo_changed: bool = False
     source: str = "job"  # the file (or "command line") the job came from, for messages
+    # filled in by the driver before work (fingerprint.job_fingerprints): variant name -> (fingerprint,
+    # its fields as JSON), and "backbone:model" -> weights identity
+    fingerprints: dict[str, tuple[str, str]] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)
 
     def pool(self, name: str) -> PoolSpec:
         return self.pools.get(name, PoolSpec())
+
+    def weights_of(self, backbone: str, model: str | None) -> str:
+        """The weights identity of a (backbone, model) the variants use ("" before it is computed)."""
+        return self.weights.get(f"{backbone}:{model or ''}", "")
 
     def models(self) -> list[tuple[str, str | None]]:
         """The distinct (backbone, model) pairs the variants use, in order: what each GPU actor loads."""
@@ -91,7 +101,7 @@ class JobSpec:
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
     "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
-    "inversions", "store_all_timesteps",
+    "inversions", "store_all_timesteps", "redo_changed",
 }  # fmt: skip
 VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed", "backbone", "model"}
 
@@ -207,8 +217,10 @@ def set_path(raw: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = None) -> JobSpec:
-    """Validate a parsed job (plus command-line overrides, which win everywhere) into a JobSpec."""
+def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = None, mode: str = "edit") -> JobSpec:
+    """Validate a parsed job (plus command-line overrides, which win everywhere) into a JobSpec.
+
+    mode "invert": the job writes only its `inversions` store, so that is required and `output` is not."""
     raw = dict(_mapping(where, "", raw))
     overrides = overrides or {}
     if isinstance(raw.get("editor"), str):
@@ -220,7 +232,11 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
             raise _unknown(where, "", key, TOP_LEVEL)
     if "input" not in raw:
         raise _fail(where, "input", "is missing: give shard paths or patterns (or --input)")
-    if "output" not in raw or not isinstance(raw["output"], str) or not raw["output"]:
+    if mode == "invert":
+        if not isinstance(raw.get("inversions"), str) or not raw["inversions"]:
+            raise _fail(where, "inversions", "is missing: invert writes the inversions store; give --inversions")
+        raw.setdefault("output", "")
+    elif "output" not in raw or not isinstance(raw["output"], str) or not raw["output"]:
         raise _fail(where, "output", "is missing: give an output folder or URL (or --output)")
 
     from anyv2v_batch.backbones import BACKBONES
@@ -330,15 +346,16 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         compile=_coerce(where, "compile", raw.get("compile", False), False),
         share_source=_coerce(where, "share_source", raw.get("share_source", True), True),
         store_all_timesteps=_coerce(where, "store_all_timesteps", raw.get("store_all_timesteps", False), False),
+        redo_changed=_coerce(where, "redo_changed", raw.get("redo_changed", False), False),
         source=where,
         **optional,
     )
 
 
-def load_job(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobSpec:
+def load_job(path: str | Path | None, overrides: dict[str, Any] | None = None, mode: str = "edit") -> JobSpec:
     """Read and validate a job file (None: a job from command-line overrides alone)."""
     if path is None:
-        return build_job({}, "command line", overrides)
+        return build_job({}, "command line", overrides, mode)
     path = Path(path)
     if not path.is_file():
         raise JobError(f"job file {str(path)!r} does not exist")
@@ -348,7 +365,7 @@ def load_job(path: str | Path | None, overrides: dict[str, Any] | None = None) -
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise JobError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    return build_job(raw if raw is not None else {}, str(path), overrides)
+    return build_job(raw if raw is not None else {}, str(path), overrides, mode)
 
 
 def parse_set(assignments: list[str], flag: str = "--set") -> dict[str, Any]:

@@ -124,3 +124,26 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
+
+
+def weights_identity(model: str) -> str:
+    """What identifies the weights a model id names, cheaply: for a local folder a digest of every file's
+    path, size and first and last MiB (any retraining or swap changes it; hashing gigabytes whole would
+    cost minutes per run); for a hub id the id itself (pin a local folder to have its content checked)."""
+    import hashlib
+
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return f"hub:{model}"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with path.open("rb") as f:
+            if size <= 2 << 20:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(1 << 20))
+                f.seek(-(1 << 20), os.SEEK_END)
+                digest.update(f.read())
+    return f"folder:{digest.hexdigest()[:16]}"

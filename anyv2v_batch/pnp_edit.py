@@ -18,7 +18,8 @@ from .backbones.base import Backbone, Branch, cat_conditioning
 from .errors import AnyV2VError
 from .imaging import as_rgb_array, fit_frame
 from .injection import BranchPlan, FeatureInjector
-from .inversion import Inversion, missing_timestep_error, set_schedule
+from .inversion import Inversion
+from .schedule import Schedule, missing_timestep_error, set_schedule
 from .settings import EditSettings, InversionSettings
 
 INJECTION_KINDS = ("conv", "spatial", "temporal", "cross")
@@ -86,10 +87,28 @@ def plan_sampling(
     scheduler=None,
 ) -> SamplingPlan:
     """Plan the edit (see `edit` for the flags); sets the timesteps of `scheduler` if one is given."""
-    if settings.pnp_cross > 0 and "cross" not in backbone.injection_positions:
-        raise AnyV2VError(f"--pnp-cross: {backbone.name} has no cross-attention injection; leave it at 0")
-    scheduler = backbone.scheduler() if scheduler is None else scheduler
-    timesteps = set_schedule(scheduler, settings.steps, "--steps")
+    check_injection_kinds(type(backbone), settings)
+    return plan_schedule(backbone.schedule, settings, inversion_settings, inject, trim_source, scheduler)
+
+
+def check_injection_kinds(backbone_cls: type[Backbone], settings: EditSettings) -> None:
+    if settings.pnp_cross > 0 and "cross" not in backbone_cls.injection_positions:
+        raise AnyV2VError(f"--pnp-cross: {backbone_cls.name} has no cross-attention injection; leave it at 0")
+
+
+def plan_schedule(
+    schedule: Schedule,
+    settings: EditSettings,
+    inversion_settings: InversionSettings,
+    inject: bool = True,
+    trim_source: bool = True,
+    scheduler=None,
+) -> SamplingPlan:
+    """The sampling plan from the schedule alone (no weights needed)."""
+    if scheduler is None:
+        timesteps = schedule.timesteps(settings.steps)
+    else:
+        timesteps = set_schedule(scheduler, settings.steps, "--steps")
     run = timesteps[settings.init_step :]
     windows = injection_windows(timesteps, settings) if inject else {k: set() for k in INJECTION_KINDS}
     injecting = [i for i, t in enumerate(run) if any(t in w for w in windows.values())]
@@ -99,16 +118,80 @@ def plan_sampling(
         last = injecting[-1] if injecting else -1
     else:
         last = len(run) - 1
-    start = backbone.start_timestep(run, inversion_settings, settings.init_step == 0)
-    return SamplingPlan(timesteps, run, windows, last, start, [backbone.source_timestep(t) for t in run])
+    start = schedule.start_timestep(run, inversion_settings, settings.init_step == 0)
+    return SamplingPlan(timesteps, run, windows, last, start, [schedule.source_timestep(t) for t in run])
 
 
-def check_inversion_serves(inversion_settings: InversionSettings, needed: list[int], backbone: Backbone) -> None:
+def check_inversion_serves(inversion_settings: InversionSettings, needed: list[int], schedule: Schedule) -> None:
     """Refuse, before any work, an edit whose timesteps an inversion with these settings does not store."""
-    have = set(backbone.stored_timesteps(inversion_settings))
+    have = set(schedule.stored_timesteps(inversion_settings))
     for t in needed:
         if t not in have:
             raise missing_timestep_error(t, inversion_settings.steps, inversion_settings.save_steps)
+
+
+def check_edit_settings(
+    backbone_cls: type[Backbone], model: str | None, settings: EditSettings, inversion_settings: InversionSettings
+) -> None:
+    """Everything about an edit's steps that can be refused before any model loads: the injection kinds
+    the backbone has, and whether the inversion stores every latent the edit reads (the model's
+    scheduler config is all that is read)."""
+    check_injection_kinds(backbone_cls, settings)
+    schedule = backbone_cls.schedule_class.from_model(model or backbone_cls.default_model)
+    check_step_plan(schedule, settings, inversion_settings)
+
+
+def check_step_plan(schedule: Schedule, settings: EditSettings, inversion_settings: InversionSettings) -> None:
+    """Refuse settings whose inversion does not store every latent the edit reads, from the schedule
+    alone (before any model loads or clip is decoded), naming step counts that work."""
+    try:
+        plan = plan_schedule(schedule, settings, inversion_settings)
+        check_inversion_serves(inversion_settings, plan.needed, schedule)
+    except AnyV2VError as e:
+        fix = working_inversion_steps(schedule, settings, inversion_settings)
+        raise AnyV2VError(f"{str(e).split('; ')[0]}; {fix}") from None
+
+
+def working_inversion_steps(schedule: Schedule, settings: EditSettings, inversion_settings: InversionSettings) -> str:
+    """A fix for an inversion that does not serve an edit, as a phrase: the nearest inversion step count
+    that does, and on a saved grid (SEINE) a save-step count whose grid holds what the edit reads."""
+    import dataclasses
+
+    def serves(inv: InversionSettings) -> bool:
+        try:
+            plan = plan_schedule(schedule, settings, inv)
+            check_inversion_serves(inv, plan.needed, schedule)
+        except AnyV2VError:
+            return False
+        return True
+
+    def nearest(counts: list[int], current: int) -> int:
+        above = [n for n in counts if n >= current]
+        return above[0] if above else counts[-1]
+
+    limit = schedule.num_train_timesteps
+    inv = inversion_settings
+    steps = [n for n in range(1, limit + 1) if serves(dataclasses.replace(inv, steps=n))]
+    if steps:
+        pick = nearest(steps, inv.steps)
+        others = [n for n in (settings.steps, 500) if n in steps and n != pick]
+        also = f" (or {' or '.join(str(n) for n in others)})" if others else ""
+        return f"use --inversion-steps {pick}{also} for --steps {settings.steps}"
+    if inv.save_steps is not None:
+        # the grid must hold every latent the source branch reads (the start is the grid's noisiest one)
+        plan = plan_schedule(schedule, settings, inv)
+        reads = set(plan.source[: plan.last_source_step + 1])
+        for save in sorted(range(1, limit + 1), key=lambda n: (abs(n - inv.save_steps), n)):
+            try:
+                if not reads <= set(schedule.timesteps(save, inverse=True)):
+                    continue
+            except AnyV2VError:
+                continue
+            steps = [n for n in range(1, limit + 1) if serves(dataclasses.replace(inv, steps=n, save_steps=save))]
+            if steps:
+                pick = nearest(steps, inv.steps)
+                return f"use --inversion-steps {pick} --inversion-save-steps {save} for --steps {settings.steps}"
+    return f"no inversion step count serves --steps {settings.steps} with --init-step {settings.init_step}"
 
 
 def source_frame(backbone: Backbone, inversion: Inversion, edited_frame: np.ndarray, settings: EditSettings):

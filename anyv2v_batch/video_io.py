@@ -192,6 +192,26 @@ def encode_png(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def check_writable_path(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse, before any work, a path that cannot be written: a temporary file is made (and removed) in
+    the nearest existing folder above it, where the real write makes its folders and temporary file."""
+    path = Path(path).expanduser().absolute()
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise AnyV2VError(f"cannot write the {what} {str(path)!r}: {str(folder)!r} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".anyv2v-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise AnyV2VError(
+            f"cannot write the {what} {str(path)!r}: {str(folder)!r} is not writable ({e.strerror or e}); "
+            "choose another location"
+        ) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)

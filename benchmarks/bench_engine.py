@@ -278,7 +278,7 @@ def synthetic_clip(frames: int, size: int, seed: int) -> np.ndarray:
 
 def start_index(backbone, official, steps: int) -> int:
     """The official start as a timestep: the first step of a `steps`-step schedule at or below it."""
-    from anyv2v_batch.inversion import set_schedule
+    from anyv2v_batch.schedule import set_schedule
 
     if official.init_step == 0:
         return 0
@@ -359,7 +359,7 @@ def main() -> None:
                     settings = replace(defaults["edit"], prompt="a robot", steps=steps,
                                        init_step=start_index(backbone, defaults["edit"], steps))  # fmt: skip
                     plan = plan_sampling(backbone, settings, inv_settings)
-                    check_inversion_serves(inv_settings, plan.needed, backbone)
+                    check_inversion_serves(inv_settings, plan.needed, backbone.schedule)
                     ran = len(plan.run)
                     for batch in batches:
                         clips = [synthetic_clip(frames, size, seed) for seed in range(batch)]

@@ -51,6 +51,7 @@ def settings_record(job: JobSpec, work: ClipWork, variant: VariantWork) -> dict[
         "inversion": dataclasses.asdict(work.inversion_settings),
         "edit": dataclasses.asdict(variant.settings),
         "source": work.source,
+        "settings_fingerprint": job.fingerprints.get(variant.name, ("", ""))[0],
         "anyv2v_batch": __version__,
     }
 
@@ -86,6 +87,10 @@ def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str
         "guidance_scale": s.guidance_scale,
         "inversion_source": work.inversion_source,
         "settings": json.dumps(settings_record(job, work, variant), sort_keys=True),
+        # the variant's fingerprint and what it was computed from (fingerprint.py): a rerun with other
+        # settings is told which fields changed
+        "settings_fingerprint": job.fingerprints.get(variant.name, ("", ""))[0],
+        "settings_fields": job.fingerprints.get(variant.name, ("", "{}"))[1],
         **{f"seconds_{k}": float(seconds.get(k, 0.0)) for k in STAGES},
     }
 

@@ -36,7 +36,7 @@ class InversionPool:
             try:
                 backbone = self.backbone(work)
                 plan = plan_sampling(backbone, variant.settings, work.inversion_settings)
-                check_inversion_serves(work.inversion_settings, plan.needed, backbone)
+                check_inversion_serves(work.inversion_settings, plan.needed, backbone.schedule)
                 needed |= set(plan.needed)
             except AnyV2VError as e:
                 variant.error = str(e)

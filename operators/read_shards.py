@@ -122,7 +122,8 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
             video = files.pop(video_ext, None)
             for specs in group_variants(job):
                 clip, inversion, backbone, model = specs[0].clip, specs[0].inversion, specs[0].backbone, specs[0].model
-                inv_id = inversion_id(backbone, model, clip, inversion)
+                weights = job.weights_of(backbone, model)
+                inv_id = inversion_id(backbone, model, clip, inversion, weights)
                 if mode == "invert":
                     if pair_id(key, inv_id) in done:
                         continue
@@ -151,6 +152,7 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                     stored_inversion=stored.get(key, inv_id),
                     backbone=backbone,
                     model=model,
+                    weights=weights,
                 )
                 work.seconds["read"] = time.perf_counter() - started
                 yield {"work": work}

@@ -19,7 +19,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from anyv2v_batch.errors import AnyV2VError
-from anyv2v_batch.video_io import FILE_MODE, atomic_write_bytes
+from anyv2v_batch.video_io import FILE_MODE, atomic_write_bytes, check_writable_path
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -60,6 +60,26 @@ def shard_id(url: str) -> str:
         if name.endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+def check_writable(url: str, what: str = "output") -> None:
+    """Refuse, before any work, an output folder / URL that cannot be written: locally a temporary file
+    in the nearest existing folder, on an object store a probe object written and deleted."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        if Path(path).exists() and not Path(path).is_dir():
+            raise AnyV2VError(f"cannot write the {what} {url!r}: it is a file, not a folder")
+        check_writable_path(Path(path) / "_probe", f"{what} folder")
+        return
+    import uuid
+
+    probe = join(path, f"_probe-{uuid.uuid4().hex}")
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm(probe)
+    except Exception as e:  # noqa: BLE001 - any store failure: one line
+        detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise AnyV2VError(f"cannot write the {what} {url!r} ({detail}); check the URL and its credentials") from None
 
 
 def atomic_write(url: str, data: bytes) -> None:

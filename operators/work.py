@@ -58,6 +58,7 @@ class ClipWork:
     seconds: dict[str, float] = field(default_factory=dict)
     backbone: str = "i2vgen-xl"  # the model that inverts and samples this clip's variants
     model: str | None = None
+    weights: str = ""  # the model's weights identity (part of the stored inversion's name)
 
     def pending(self) -> list[VariantWork]:
         """Variants still being worked on."""
@@ -69,10 +70,14 @@ def pair_id(key: str, variant: str) -> str:
     return hashlib.sha256(f"{key}\0{variant}".encode()).hexdigest()[:24]
 
 
-def inversion_id(backbone: str, model: str | None, clip: ClipSettings, inversion: InversionSettings) -> str:
-    """The name under which a clip's inversion is stored: backbone, weights and every setting that
-    changes it (the decoded frames' hash is checked separately, inside the entry)."""
-    text = json.dumps([backbone, model, dataclasses.asdict(clip), dataclasses.asdict(inversion)], sort_keys=True)
+def inversion_id(
+    backbone: str, model: str | None, clip: ClipSettings, inversion: InversionSettings, weights: str = ""
+) -> str:
+    """The name under which a clip's inversion is stored: backbone, weights (the model id and its
+    identity, see loading.weights_identity) and every setting that changes it (the decoded frames' hash
+    is checked separately, inside the entry)."""
+    parts = [backbone, model, weights, dataclasses.asdict(clip), dataclasses.asdict(inversion)]
+    text = json.dumps(parts, sort_keys=True)
     return "inv-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -118,7 +123,7 @@ def group_variants(job: JobSpec) -> list[list[VariantSpec]]:
 
 
 def work_inversion_id(work: ClipWork) -> str:
-    return inversion_id(work.backbone, work.model, work.clip, work.inversion_settings)
+    return inversion_id(work.backbone, work.model, work.clip, work.inversion_settings, work.weights)
 
 
 def one_line(e: BaseException) -> str:

@@ -97,17 +97,22 @@ def shards_with_parts(output: str) -> set[str]:
     return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p)}
 
 
-def completed_pairs(output: str, shard_id: str) -> set[str]:
-    """Pair ids already ok for a shard: in its compacted metadata or in a part of an interrupted run."""
-    done = {pair_id(r["key"], r["variant"]) for r in read_metadata(output, shard_id) if r["status"] == "ok"}
+def finished_rows(output: str, shard_id: str) -> dict[str, dict[str, Any]]:
+    """Pair id -> the newest row of every pair a shard has: its compacted metadata, overridden by the
+    parts of a run that has not been compacted."""
+    rows = {pair_id(r["key"], r["variant"]): r for r in read_metadata(output, shard_id)}
     for url in list_files(join(output, "_parts", shard_id), ".tar"):
         try:
             row, _ = read_part(url)
         except Exception:  # noqa: BLE001 - an unreadable part is redone
             continue
-        if row["status"] == "ok":
-            done.add(pair_id(row["key"], row["variant"]))
-    return done
+        rows[pair_id(row["key"], row["variant"])] = row
+    return rows
+
+
+def completed_pairs(output: str, shard_id: str) -> set[str]:
+    """Pair ids already ok for a shard: in its compacted metadata or in a part of an interrupted run."""
+    return {pid for pid, row in finished_rows(output, shard_id).items() if row["status"] == "ok"}
 
 
 def compact_shard(output: str, shard_id: str) -> dict[str, int]:

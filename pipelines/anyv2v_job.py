@@ -64,28 +64,74 @@ def input_shards(job: JobSpec) -> dict[str, str]:
     return by_id
 
 
-def plan_shards(shards: dict[str, str], output: str) -> list[dict[str, Any]]:
-    """The work items: each input shard with its output name and the pairs it has done already."""
-    from anyv2v_batch.operators.write import completed_pairs
+def plan_shards(shards: dict[str, str], job: JobSpec, output: str, mode: str = "edit") -> list[dict[str, Any]]:
+    """The work items: each input shard with its output name and the pairs it has done already.
 
-    return [
-        {"shard": url, "shard_id": sid, "done": sorted(completed_pairs(output, sid))} for sid, url in shards.items()
-    ]
+    mode "edit": a pair is done when it is ok *and* was made with the variant's current settings. Pairs
+    made with other settings refuse the run (one line naming the variant and the changed fields) unless
+    `job.redo_changed`, which recomputes them (compaction then replaces their outputs)."""
+    from anyv2v_batch.operators.write import finished_rows
+
+    items, changed = [], {}
+    for sid, url in shards.items():
+        done = []
+        for pid, row in finished_rows(output, sid).items():
+            if row["status"] != "ok":
+                continue
+            current = job.fingerprints.get(row["variant"]) if mode == "edit" else None
+            if current is not None and row.get("settings_fingerprint") != current[0]:
+                changed.setdefault(row["variant"], []).append(row)
+                if job.redo_changed:
+                    continue
+            done.append(pid)
+        items.append({"shard": url, "shard_id": sid, "done": sorted(done)})
+    if changed and not job.redo_changed:
+        raise changed_settings_error(job, output, changed)
+    return items
+
+
+def changed_settings_error(job: JobSpec, output: str, changed: dict[str, list[dict[str, Any]]]) -> AnyV2VError:
+    from anyv2v_batch.fingerprint import changed_fields
+
+    name = sorted(changed)[0]
+    rows = changed[name]
+    new = json.loads(job.fingerprints[name][1])
+    old_fields = rows[0].get("settings_fields")
+    if old_fields:
+        what = f"with other settings ({changed_fields(json.loads(old_fields), new)})"
+    else:
+        what = "by an older anyv2v-batch that recorded no settings fingerprint"
+    others = f"; so do variants {', '.join(repr(n) for n in sorted(changed)[1:])}" if len(changed) > 1 else ""
+    return AnyV2VError(
+        f"variant {name!r} has {len(rows)} outputs in {output} made {what}{others}; rerun with --redo-changed to "
+        "recompute and replace them, or give the variant a new name"
+    )
 
 
 def check_job(job: JobSpec) -> None:
-    """Everything that can be checked without models or Ray: editor names, backbone limits, output."""
-    from anyv2v_batch.backbones import backbone_class
+    """What can be checked from the job alone: editor names, outputs that are inputs."""
     from anyv2v_batch.editors import editor_class
 
     for v in job.variants:
         editor_class(v.editor.name)
+    for what, where in (("output", job.output), ("inversions store", job.inversions)):
+        if where and any(where.rstrip("/") == pattern.rstrip("/") for pattern in job.input):
+            raise AnyV2VError(f"{what} is the same as an input; choose another location")
+
+
+def check_models(job: JobSpec) -> None:
+    """What the models' configs decide, before any weights load: each variant's backbone limits and
+    whether its inversion stores every latent its edit reads."""
+    from anyv2v_batch.backbones import backbone_class
+    from anyv2v_batch.pnp_edit import check_edit_settings
+
+    for v in job.variants:
         try:
-            backbone_class(v.backbone).check_settings(v.model, v.clip)
+            backbone_cls = backbone_class(v.backbone)
+            backbone_cls.check_settings(v.model, v.clip)
+            check_edit_settings(backbone_cls, v.model, v.edit, v.inversion)
         except AnyV2VError as e:
             raise AnyV2VError(f"variant {v.name!r}: {e}") from None
-    if any(job.output.rstrip("/") == pattern.rstrip("/") for pattern in job.input):
-        raise AnyV2VError("output is the same as an input; choose another --output")
 
 
 def init_ray(job: JobSpec) -> None:
@@ -214,12 +260,17 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None, mode: str
     """Run (or resume) a job to completion and compact its output.
 
     mode "invert": only invert the clips, into the job's `inversions` store, for later runs to reuse."""
+    from anyv2v_batch.fingerprint import job_fingerprints
     from anyv2v_batch.operators.lock import OutputLock
+    from anyv2v_batch.operators.storage import check_writable
 
     started = time.perf_counter()
     check_job(job)
     output = job_output(job, mode)
     shards = input_shards(job)  # bad inputs fail here, before anything is written
+    check_writable(output, "output" if mode == "edit" else "inversions store")
+    check_models(job)
+    job = job_fingerprints(job)
     with OutputLock(output):
         return _run_locked(job, shards, output, log, mode, started)
 
@@ -233,7 +284,7 @@ def _run_locked(
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
     from anyv2v_batch.pipelines.balance import utilisation
 
-    items = plan_shards(shards, output)
+    items = plan_shards(shards, job, output, mode)
     done_before = sum(len(i["done"]) for i in items)
     unit = "(clip, variant) pairs" if mode == "edit" else "clip inversions"
     log(f"{len(items)} input shards; {done_before} {unit} already done in {output}")

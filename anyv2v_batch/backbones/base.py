@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import AnyV2VError
+from ..schedule import Schedule
 from ..settings import ClipSettings
 
 # UNet keyword tensors, batch first, one entry per branch.
@@ -49,6 +50,10 @@ class Backbone(ABC):
     injection_positions: ClassVar[Mapping[str, tuple[str, ...]]]
     # the official code conditions the source branch on the edited first frame (ConsistI2V's bug)
     source_branch_on_edited_frame: ClassVar[bool] = False
+    # the noise schedules and which inverted latents the sampler reads (checked from configs before work)
+    schedule_class: ClassVar[type[Schedule]] = Schedule
+
+    schedule: Schedule
 
     unet: torch.nn.Module
     device: torch.device
@@ -71,9 +76,9 @@ class Backbone(ABC):
     def predict(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
         """One UNet evaluation: latents [B, C, F, h, w] at timestep t -> model output, float32."""
 
-    @abstractmethod
     def scheduler(self, inverse: bool = False):
         """A fresh sampling (or inversion) scheduler; the loops own its state."""
+        return self.schedule.scheduler(inverse)
 
     # ---- how the sampling loops treat this model (defaults: I2VGen-XL)
     def sampled_part(self, latents: torch.Tensor) -> torch.Tensor:
@@ -84,25 +89,6 @@ class Backbone(ABC):
         """Video latents from sampled latents [1, C, F', h, w] and conditioning row `row` (inverse of
         `sampled_part`: ConsistI2V puts the conditioning first-frame latent back in front)."""
         return sampled
-
-    def source_timestep(self, t: int) -> int:
-        """The stored inversion timestep the source branch reads at sampling timestep t."""
-        return t
-
-    def start_timestep(self, run: Sequence[int], inversion_settings, from_first_step: bool = True) -> int:
-        """The stored inversion timestep the edit starts from, given the timesteps that run
-        (from_first_step: the run is the whole schedule)."""
-        return run[0]
-
-    def stored_timesteps(self, inversion_settings) -> list[int]:
-        """The timesteps an inversion with these settings stores (ascending)."""
-        from ..inversion import set_schedule
-
-        visited = set_schedule(self.scheduler(inverse=True), inversion_settings.steps, "--inversion-steps")
-        if inversion_settings.save_steps is None:
-            return visited
-        grid = set(set_schedule(self.scheduler(inverse=True), inversion_settings.save_steps, "--inversion-save-steps"))
-        return [t for t in visited if t in grid]
 
     def compile(self, **options) -> None:
         """torch.compile the UNet in place (module paths, hence injection positions, stay valid).

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler
+from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import AnyV2VError
@@ -57,7 +57,8 @@ class ConsistI2V(FrameByFrameVAE, Backbone):
         self.device, self.dtype = unet.device, unet.dtype
         self.vae_dtype = vae_dtype or vae.dtype
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.scheduler_config = dict(scheduler_config)
+        self.schedule = self.schedule_class(scheduler_config)
+        self.scheduler_config = self.schedule.config
         self.frame_stride = frame_stride
 
     @classmethod
@@ -77,10 +78,6 @@ class ConsistI2V(FrameByFrameVAE, Backbone):
         return cls(
             unet, parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler_config"], parts["vae_dtype"]
         )
-
-    def scheduler(self, inverse: bool = False):
-        cls = DDIMInverseScheduler if inverse else DDIMScheduler
-        return cls.from_config(self.scheduler_config)
 
     @classmethod
     def check_settings(cls, model: str | None, clip: ClipSettings) -> None:

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMInverseScheduler, DDIMScheduler, I2VGenXLUNet
+from diffusers import AutoencoderKL, I2VGenXLUNet
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..imaging import center_crop_wide, to_pil
@@ -73,7 +73,8 @@ class I2VGenXL(Backbone):
         self.clip_size = (crop["width"], crop["height"]) if isinstance(crop, dict) else (crop, crop)
         self.clip_mean = np.asarray(clip_preprocess["image_mean"], dtype=np.float32)
         self.clip_std = np.asarray(clip_preprocess["image_std"], dtype=np.float32)
-        self.scheduler_config = dict(scheduler_config)
+        self.schedule = self.schedule_class(scheduler_config)
+        self.scheduler_config = self.schedule.config
         self.decode_chunk_size, self.encode_chunk_size = decode_chunk_size, encode_chunk_size
 
     @classmethod
@@ -111,11 +112,6 @@ class I2VGenXL(Backbone):
             scheduler_config,
             vae_dtype=vae_dtype,
         )
-
-    # ---- schedulers
-    def scheduler(self, inverse: bool = False):
-        cls = DDIMInverseScheduler if inverse else DDIMScheduler
-        return cls.from_config(self.scheduler_config)
 
     # ---- VAE
     def _frames_to_pixels(self, frames: Sequence[np.ndarray], width: int, height: int) -> torch.Tensor:

@@ -24,18 +24,16 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from diffusers import AutoencoderKL, DDIMInverseScheduler
+from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..ddpm import DDPMSampler
 from ..errors import AnyV2VError
 from ..loading import hub_offline, load_component, load_json
+from ..schedule import Schedule, SEINESchedule
 from .base import Backbone, Branch, Conditioning
 from .common import FrameByFrameVAE, encode_prompts, frames_to_pixels, load_sd_parts, unique_rows, vae_encode
 from .seine_unet import INJECTION_POSITIONS, SEINEUNet
 
-# the official configs override SD-1.4's scaled-linear betas (configs/*.yaml `beta_*`)
-BETAS = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
 CHECKPOINT_REPO, CHECKPOINT_FILE = "xinyuanc91/SEINE", "seine.pt"
 
 
@@ -71,6 +69,7 @@ class SEINE(FrameByFrameVAE, Backbone):
     name: ClassVar[str] = "seine"
     default_model: ClassVar[str] = "CompVis/stable-diffusion-v1-4"
     injection_positions: ClassVar[dict[str, tuple[str, ...]]] = dict(INJECTION_POSITIONS)
+    schedule_class: ClassVar[type[Schedule]] = SEINESchedule
 
     def __init__(
         self,
@@ -85,7 +84,8 @@ class SEINE(FrameByFrameVAE, Backbone):
         self.device, self.dtype = unet.device, unet.dtype
         self.vae_dtype = vae_dtype or vae.dtype
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.scheduler_config = {**scheduler_config, **BETAS}
+        self.schedule = self.schedule_class(scheduler_config)
+        self.scheduler_config = self.schedule.config
         self._blank_latents: dict[tuple[int, int], torch.Tensor] = {}
 
     @torch.inference_mode()
@@ -119,20 +119,6 @@ class SEINE(FrameByFrameVAE, Backbone):
         return cls(
             unet, parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler_config"], parts["vae_dtype"]
         )
-
-    # ---- sampling: DDIM inversion, DDPM edit
-    def scheduler(self, inverse: bool = False):
-        if inverse:  # the official inversion is a plain DDIM update: no x0 clipping
-            return DDIMInverseScheduler.from_config(self.scheduler_config, clip_sample=False)
-        return DDPMSampler(self.scheduler_config)
-
-    def source_timestep(self, t: int) -> int:
-        return t + 1  # run_pnp_edit.py: `load_ddim_latents_at_t(t + 1)` with the DDPM sampler
-
-    def start_timestep(self, run: Sequence[int], inversion_settings, from_first_step: bool = True) -> int:
-        if not from_first_step:  # a later start (not in the official code): the inversion at that step
-            return self.source_timestep(run[0])
-        return max(self.stored_timesteps(inversion_settings))  # the noisiest saved latent, as the official
 
     # ---- conditioning
     @torch.inference_mode()

@@ -1,0 +1,146 @@
+"""A rerun never mixes outputs of different settings: each row records its variant's settings
+fingerprint; a rerun whose variant changed refuses, naming the variant and the fields, unless
+--redo-changed, which recomputes those pairs and replaces their outputs (equal to a fresh run's)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import TINY_MODEL, moving_clip
+from shards import mp4, png, read_tar, recolor, write_shard
+
+from anyv2v_batch.cli import main
+from anyv2v_batch.fingerprint import changed_fields, job_fingerprints
+from anyv2v_batch.job import build_job
+
+TIMING = ("seconds_", "inversion_source")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory) -> Path:
+    members = []
+    for i in range(2):
+        clip = moving_clip(8, 32, 32, seed=20 + i)
+        members += [(f"c{i}.mp4", mp4(clip)), (f"c{i}.txt", f"scene {i}".encode()),
+                    (f"c{i}.edited.png", png(recolor(clip[0])))]  # fmt: skip
+    return write_shard(tmp_path_factory.mktemp("in") / "000.tar", members)
+
+
+def job(root: Path, shard: Path, out: str, night_steps: int = 4, night_prompt: str = "{caption}, at night") -> Path:
+    raw = {
+        "input": str(shard), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
+        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 20},
+        "variants": [{"name": "day", "prompt": "{caption}", "edit": {"steps": 4}},
+                     {"name": "night", "prompt": night_prompt, "edit": {"steps": night_steps}}],
+        "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+    }  # fmt: skip
+    path = root / f"{out}-{night_steps}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli(argv: list, capsys) -> tuple[int, list[str]]:
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def rows(out: Path) -> dict[tuple[str, str], dict]:
+    table = pq.read_table(out / "metadata").to_pylist()
+    return {(r["key"], r["variant"]): {k: v for k, v in r.items() if not k.startswith(TIMING)} for r in table}
+
+
+def test_a_changed_variant_is_refused_then_redone_to_equal_a_fresh_run(ray_local, tmp_path, shard, capsys):
+    code, err = cli(["run", job(tmp_path, shard, "out"), "-q"], capsys)
+    assert code == 0, err
+    first = snapshot(tmp_path / "out")
+    before = rows(tmp_path / "out")
+    assert {r["status"] for r in before.values()} == {"ok"} and len(before) == 4
+    assert len({r["settings_fingerprint"] for r in before.values()}) == 2  # one per variant
+
+    # the same settings: everything is done, nothing is touched
+    code, err = cli(["run", job(tmp_path, shard, "out")], capsys)
+    assert code == 0 and "4 (clip, variant) pairs already done" in "\n".join(err), err
+    assert snapshot(tmp_path / "out") == first
+
+    # another step count or prompt template under the same name: refused in one line, nothing written
+    for changed, field in ((job(tmp_path, shard, "out", night_steps=5), "edit.steps 4 -> 5"),
+                           (job(tmp_path, shard, "out", night_prompt="{caption}, in fog"), "edit.prompt")):  # fmt: skip
+        code, err = cli(["run", changed], capsys)
+        assert code == 1 and len(err) == 1, err
+        assert err[0].startswith("error: variant 'night' has 2 outputs in") and field in err[0], err
+        assert "--redo-changed" in err[0] and "'day'" not in err[0]
+        assert snapshot(tmp_path / "out") == first
+
+    # --redo-changed: the night pairs are recomputed and replaced; the result equals a fresh run's
+    code, err = cli(["run", job(tmp_path, shard, "out", night_steps=5), "--redo-changed"], capsys)
+    assert code == 0, err
+    code, err = cli(["run", job(tmp_path, shard, "fresh", night_steps=5), "-q"], capsys)
+    assert code == 0, err
+    redone, fresh = snapshot(tmp_path / "out"), snapshot(tmp_path / "fresh")
+    assert redone.keys() == fresh.keys() and redone["shards/000.tar"] == fresh["shards/000.tar"]
+    assert rows(tmp_path / "out") == rows(tmp_path / "fresh")
+    members = read_tar(tmp_path / "out" / "shards" / "000.tar")
+    assert json.loads(members["c0.night.json"])["edit"]["steps"] == 5
+    assert members["c0.day.mp4"] == read_tar_from(first)["c0.day.mp4"]  # the unchanged variant kept its bytes
+    assert members["c0.night.mp4"] != read_tar_from(first)["c0.night.mp4"]
+
+
+def read_tar_from(snap: dict[str, bytes]) -> dict[str, bytes]:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(snap["shards/000.tar"])) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_the_fingerprint_covers_weights_templates_editor_and_seed_but_not_speed_knobs(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(TINY_MODEL, model)
+    raw = {"input": "x.tar", "output": "o", "model": str(model), "variants": [{"name": "v", "prompt": "{caption}"}]}
+
+    def fields(**changes):
+        spec = job_fingerprints(build_job({**raw, **changes}))
+        return spec.fingerprints["v"][0], json.loads(spec.fingerprints["v"][1])
+
+    base_print, base = fields()
+    for change, named in [
+        ({"seed": 1}, "seed 8888 -> 1"),
+        ({"editor": {"name": "provided", "options": {"field": "frame"}}}, "editor.options.field"),
+        ({"edit": {"guidance_scale": 3.0}}, "edit.guidance_scale 9.0 -> 3.0"),
+        ({"clip": {"resize": "crop"}}, 'clip.resize "stretch" -> "crop"'),
+        ({"dtype": "bfloat16"}, "dtype"),
+        ({"share_source": False}, "share_source true -> false"),
+    ]:
+        other_print, other = fields(**change)
+        assert other_print != base_print and named in changed_fields(base, other), change
+    for speed in ({"device": "cpu"}, {"compile": True}, {"pools": {"sampler": {"batch_size": 4}}}):
+        assert fields(**speed)[0] == base_print, speed
+    # the same model folder's content changed: another fingerprint, named as the weights
+    unet = next((model / "unet").glob("*.safetensors"))
+    data = bytearray(unet.read_bytes())
+    data[-1] ^= 1
+    unet.write_bytes(bytes(data))
+    changed_print, changed = fields()
+    assert changed_print != base_print and changed_fields(base, changed).startswith("weights ")
