@@ -65,7 +65,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="anyv2v-bench-"))
     make_shards(work / "in", args.clips, args.shards, args.size)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
     cpus = ray.cluster_resources().get("CPU", 1)
     print(
         f"# {args.clips} clips x {args.variants} variants, {args.frames} frames at {args.size}x{args.size}, "

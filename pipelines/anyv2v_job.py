@@ -146,8 +146,8 @@ def init_ray(job: JobSpec) -> None:
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
         if address:
             ray.init(address=address, **kwargs)
-        else:  # an embedded local instance: a laptop or one GPU box
-            ray.init(num_cpus=job.ray_num_cpus, **kwargs)
+        else:  # an embedded local instance of its own (never another job's instance on this machine)
+            ray.init(address="local", num_cpus=job.ray_num_cpus, **kwargs)
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

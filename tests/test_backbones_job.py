@@ -75,7 +75,7 @@ def mixed_run(tmp_path_factory):
     clip = moving_clip(8, 64, 64, seed=3)
     write_shard(root / "shards" / "000000.tar", [("c0.mp4", mp4(clip)), ("c0.edited.png", png(recolor(clip[0])))])
     path = write_job(root, [{"name": name, **spec} for name, (spec, _) in VARIANTS.items()])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         code, said = run_cli(["run", path])
     finally:

@@ -88,7 +88,7 @@ def test_plugin_runs_in_a_job_and_fails_one_sample_only(plugin_site, tmp_path):
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
     })  # fmt: skip
     sys.path.insert(0, str(plugin_site))  # the driver resolves the editor by name too
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(plugin_site)}})  # fmt: skip
     try:
         summary = run_job(job)

@@ -37,12 +37,12 @@ def test_inversion_bytes_round_trip_and_damage_is_detected(case_a):
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
 
-def job_for(root, out: str, inversions: bool = True):
+def job_for(root, out: str, inversions: bool = True, mode: str = "edit"):
     raw = {
         "input": str(root / "in" / "000.tar"), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
         "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 10}, "edit": {"steps": 5},
@@ -51,7 +51,9 @@ def job_for(root, out: str, inversions: bool = True):
     }  # fmt: skip
     if inversions:
         raw["inversions"] = str(root / "store")
-    return build_job(raw)
+    if mode == "invert":  # invert writes only the store: no output needed
+        del raw["output"]
+    return build_job(raw, mode=mode)
 
 
 def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path):
@@ -63,11 +65,11 @@ def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path
         members += [(f"c{i}.mp4", mp4(clip)), (f"c{i}.txt", b"a car"), (f"c{i}.edited.png", png(recolor(clip[0])))]
     write_shard(tmp_path / "in" / "000.tar", members)
 
-    first = run_job(job_for(tmp_path, "unused"), mode="invert")
+    first = run_job(job_for(tmp_path, "", mode="invert"), mode="invert")
     assert (first.ok, first.errors) == (3, 0)
     store = read_tar(tmp_path / "store" / "shards" / "000.tar")
     assert len(store) == 3 and all(name.endswith(".safetensors") and ".inv-" in name for name in store)
-    assert run_job(job_for(tmp_path, "unused"), mode="invert").processed == 0  # resumable: nothing left
+    assert run_job(job_for(tmp_path, "", mode="invert"), mode="invert").processed == 0  # resumable: nothing left
 
     baseline = run_job(job_for(tmp_path, "baseline", inversions=False))
     reused = run_job(job_for(tmp_path, "reused"))
