@@ -120,7 +120,8 @@ def test_pack_writes_exact_members_and_reports_skips(tmp_path, capsys):
     assert list(read) == KEYS[:3] and set(read["clip_a"]) == {"edited.png", "json", "mp4"}
     assert sample_metadata("clip_a", read["clip_a"])["caption"] == "a red car"
     with tarfile.open(tmp_path / "shards" / "000000.tar") as tar:  # fixed member metadata
-        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar.getmembers()} == {(0, 0, 0, "", "", 0o644)}
+        fixed = {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar.getmembers()}
+    assert fixed == {(0, 0, 0, "", "", 0o644)}
 
 
 def test_repack_is_byte_identical(tmp_path, capsys):
@@ -190,7 +191,7 @@ def test_captions_csv_and_yaml_and_pattern(tmp_path, capsys):
     csv_file = tmp_path / "captions.csv"
     csv_file.write_text(
         "file,caption,style\n"
-        "sub/clip b.mp4,\"a bus, at night\",noir\n"  # by its path under the folder
+        'sub/clip b.mp4,"a bus, at night",noir\n'  # by its path under the folder
         "clip_a.mp4,a blue car,\n"  # by file name: the captions file wins over clip_a.txt
         "Man_Walking__batman,batman,comic\n"  # by sample key: that sample only
         f"{OFFICIAL},a man walking,\n"  # by stem: every sample of the video (after sample-level entries)
