@@ -67,6 +67,7 @@ class Video:
     rel: str  # posix path under FOLDER
     key: str
     caption_file: Path | None = None  # <name>.txt
+    beside_edits: list[Path] = field(default_factory=list)  # <name>.edited.png and the like
     info: VideoInfo | None = None
 
 
@@ -185,36 +186,38 @@ def safe_key(text: str) -> str:
 
 
 def find_videos(folder: Path, output: Path, keys: str) -> list[Video]:
-    """Every video under `folder` (sorted walk), keyed; two videos making one key are an error."""
+    """Every video under `folder` (sorted walk) with the files beside it that belong to it, keyed."""
     skip_dir = output.resolve()
     videos: list[Video] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() != skip_dir)
-        for name in sorted(filenames):
+        names = sorted(n for n in filenames if not n.startswith("."))
+        beside: dict[str, list[Path]] = {}  # "<stem>.edited.<image>" by stem, one listing per folder
+        for name in names:
+            at = name.lower().rfind(".edited.")
+            if at > 0 and "." + name[at + len(".edited.") :].lower() in IMAGE_SUFFIXES:
+                beside.setdefault(name[:at], []).append(here / name)
+        present = set(names)
+        for name in names:
             path = here / name
-            if name.startswith(".") or path.suffix.lower() not in MEMBER_VIDEO_EXT or not path.is_file():
+            if path.suffix.lower() not in MEMBER_VIDEO_EXT or not path.is_file():
                 continue
             rel = path.relative_to(folder).as_posix()
             key = safe_key(path.stem if keys == "stem" else rel.rsplit(".", 1)[0])
-            txt = path.with_suffix(".txt")
-            videos.append(Video(path, rel, key, txt if txt.is_file() else None))
+            txt = f"{path.stem}.txt"
+            video = Video(path, rel, key, here / txt if txt in present else None, beside.get(path.stem, []))
+            videos.append(video)
     return videos
 
 
 def edited_frames(video: Video) -> list[Path]:
     """`<name>.edited.<image>` beside the video, then `<name>/edited_first_frame/*` (official layout)."""
-    stem, found = video.path.stem, []
-    beside = [
-        p
-        for p in sorted(video.path.parent.iterdir())
-        if p.name.startswith(stem + ".") and p.name[len(stem) :].lower() in {".edited" + s for s in IMAGE_SUFFIXES}
-    ]
-    if len(beside) > 1:
-        names = " and ".join(p.name for p in beside)
+    if len(video.beside_edits) > 1:
+        names = " and ".join(p.name for p in video.beside_edits)
         raise AnyV2VError(f"{video.rel} has two edited first frames ({names}); keep one")
-    found += beside
-    official = video.path.parent / stem / OFFICIAL_EDITS_FOLDER
+    found = list(video.beside_edits)
+    official = video.path.parent / video.path.stem / OFFICIAL_EDITS_FOLDER
     if official.is_dir():
         found += sorted(
             p
@@ -316,22 +319,29 @@ def attach_captions(
     """Match entries to videos and samples: ({video rel: fields}, entries matched to nothing).
 
     Sample-level fields go into each Sample; two entries for one video or one sample are an error."""
-    videos = {s.video.rel: s.video for s in samples}
+    videos = list({s.video.rel: s.video for s in samples}.values())
     names: list[tuple[str, Callable[[Video], str]]] = [
         ("path", lambda v: v.rel),
         ("file name", lambda v: v.path.name),
         ("stem", lambda v: v.path.stem),
         ("key", lambda v: v.key),
     ]
+    index: list[tuple[str, dict[str, list[Video]]]] = []  # per kind of name: name -> videos
+    for what, of in names:
+        by_name: dict[str, list[Video]] = {}
+        for v in videos:
+            by_name.setdefault(of(v), []).append(v)
+        index.append((what, by_name))
     sample_by_key = {s.key: s for s in samples}
+    edits = {(s.video.rel, s.edited.name): s for s in samples if s.edited is not None}
     video_fields: dict[str, dict] = {}
     claimed: dict[str, str] = {}  # target -> the entry that described it
     unmatched = 0
     for entry in entries:
         name = entry.name.removeprefix("./")
         target: Video | Sample | None = None
-        for what, of in names:
-            found = [v for v in videos.values() if of(v) == name]
+        for what, by_name in index:
+            found = by_name.get(name, [])
             if len(found) > 1:
                 paths = " and ".join(v.rel for v in found[:2])
                 raise AnyV2VError(f"{entry.where}: {name!r} is the {what} of {paths}; name it by its path")
@@ -341,10 +351,7 @@ def attach_captions(
         if target is None:
             target = sample_by_key.get(name)
         if isinstance(target, Video) and entry.edit is not None:
-            target = next(
-                (s for s in samples if s.video is target and s.edited is not None and s.edited.name == entry.edit),
-                None,
-            )
+            target = edits.get((target.rel, entry.edit))
         if target is None:
             unmatched += 1
             edit = f" with the edited frame {entry.edit!r}" if entry.edit else ""
@@ -403,7 +410,7 @@ def check_files(samples: list[Sample], report: Callable[[str], None]) -> tuple[l
 
 
 def sample_members(sample: Sample, video_fields: dict[str, dict]) -> list[Member]:
-    """The sample's tar members, in name order: edited frame, metadata, video."""
+    """The sample's tar members: edited frame, metadata, video."""
     video, key = sample.video, sample.key
     meta: dict[str, Any] = {}
     if video.caption_file is not None:

@@ -251,6 +251,7 @@ def test_colliding_names_are_refused_or_keyed_by_path(tmp_path, capsys):
         ("duplicate", "both describe video clip_a.mp4; keep one"),
         ("bad-size", "--max-shard-bytes 'lots': expected a size like 500MB"),
         ("bad-pattern", "--pattern 'shards.tar' needs exactly one number field"),
+        ("two-edits", "clip_a.mp4 has two edited first frames (clip_a.edited.jpg and clip_a.edited.png); keep one"),
     ],
 )
 def test_refused_before_any_work(tmp_path, capsys, case, message):
@@ -281,9 +282,20 @@ def test_refused_before_any_work(tmp_path, capsys, case, message):
         args += ["--max-shard-bytes", "lots"]
     elif case == "bad-pattern":
         args += ["--pattern", "shards.tar"]
+    elif case == "two-edits":
+        (data / "clip_a.edited.jpg").write_bytes(b"")
     code, lines = run(args, capsys)
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not out.exists() or not any(out.iterdir()) or case == "same"
+
+
+def test_quiet_still_reports_what_was_left_out(tmp_path, capsys):
+    data = build_folder(tmp_path)
+    code, lines = run(["pack", data, "-o", tmp_path / "out", "-q"], capsys)
+    assert code == 0 and [line.split(":")[0] for line in lines] == [
+        "skipped sub/bad_edit.edited.png",
+        "skipped broken.mp4",
+    ]
 
 
 def test_output_inside_the_input_is_not_read_back(tmp_path):
