@@ -100,19 +100,23 @@ class PackSummary:
     unmatched_captions: int
 
     def line(self) -> str:
-        text = f"packed {self.samples} samples into {len(self.shards)} shards ({self.input_pattern()})"
-        text += f"; skipped {len(self.skipped)}"
+        text = f"packed {_count(self.samples, 'sample')} into {_count(len(self.shards), 'shard')}"
+        text += f" ({self.input_pattern()}); skipped {len(self.skipped)}"
         if self.without_caption:
             text += f"; {self.without_caption} without a caption"
         if self.without_edited:
             text += f"; {self.without_edited} without an edited first frame"
         if self.unmatched_captions:
-            text += f"; {self.unmatched_captions} captions matched no video"
+            text += f"; {_count(self.unmatched_captions, 'caption entry', 'caption entries')} matched no video"
         return text
 
     def input_pattern(self) -> str:
         """The shards as one brace pattern for `anyv2v-batch run --input`."""
         return str(self.output / brace_pattern(self.pattern, len(self.shards)))
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 # ---- settings

@@ -93,7 +93,7 @@ def test_pack_writes_exact_members_and_reports_skips(tmp_path, capsys):
     assert lines[2] == "skipped broken.mp4: not a readable video (Error reading broken.mp4)"
     assert lines[3] == (
         f"packed 4 samples into 2 shards ({tmp_path / 'shards'}/{{000000..000001}}.tar); skipped 2; "
-        "1 captions matched no video"
+        "1 caption entry matched no video"
     )
     assert len(lines) == 4  # one line per file left out, nothing from FFmpeg
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["000000.tar", "000001.tar"]
@@ -199,7 +199,7 @@ def test_captions_csv_and_yaml_and_pattern(tmp_path, capsys):
     code, lines = run(["pack", data, "-o", tmp_path / "csv", "--captions", csv_file, "--pattern", "train-{:04d}.tar"],
                       capsys)  # fmt: skip
     assert code == 0, lines
-    assert lines[-1].startswith(f"packed 4 samples into 1 shards ({tmp_path / 'csv'}/train-0000.tar)")
+    assert lines[-1].startswith(f"packed 4 samples into 1 shard ({tmp_path / 'csv'}/train-0000.tar)")
     shard = read_tar(tmp_path / "csv" / "train-0000.tar")
     meta = {k: json.loads(shard[f"{k}.json"]) for k in KEYS}
     assert {k: m["caption"] for k, m in meta.items()} == {
