@@ -321,8 +321,14 @@ def test_nothing_readable_is_an_error(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "bad.mp4").write_bytes(b"\x00" * 100)
-    with pytest.raises(AnyV2VError, match="none of the 1 videos"):
-        pack_folder(data, tmp_path / "out", report=lambda line: None)
+    (data / "empty.mov").write_bytes(b"")
+    lines: list[str] = []
+    with pytest.raises(AnyV2VError, match="none of the 2 videos"):
+        pack_folder(data, tmp_path / "out", report=lines.append)
+    assert lines == [
+        "skipped bad.mp4: not a readable video (Error reading bad.mp4)",
+        "skipped empty.mov: empty (0 bytes)",
+    ]
     assert not (tmp_path / "out").exists()
 
 
