@@ -19,7 +19,7 @@ A sample in a shard: `<key>.<video ext>` (the file's bytes), `<key>.json` (the c
 `<key>.edited.<ext>`. Samples are in key order; tar members carry fixed metadata, so packing the same
 folder twice gives identical shards. A video or edited frame that does not read is reported in one line
 (`skipped <file>: <why>`) and left out; anything the user must decide (two videos making one key, a
-malformed captions file, an output that exists) is an error before any work.
+malformed captions file, an output that is not empty) is an error before any work.
 """
 
 from __future__ import annotations
