@@ -300,6 +300,41 @@ def convert_seine_command(
     _say(quiet, f"wrote {written}: use --backbone seine --model {written}")
 
 
+@app.command()
+def pack(
+    folder: Annotated[Path, typer.Argument(help="Folder of videos (any depth), edited first frames and captions.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the shards (a local path).")],
+    captions: Annotated[
+        Path | None, typer.Option(help="JSON, YAML or CSV: video (path, file name or stem) -> caption or fields.")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard, at most.")] = 100,
+    max_shard_bytes: Annotated[
+        str, typer.Option(help="Bytes per shard, at most (e.g. 500MB, 2GiB); a bigger sample gets a shard alone.")
+    ] = "1GB",
+    pattern: Annotated[str, typer.Option(help="Shard file names, with one number field.")] = "{:06d}.tar",
+    keys: Annotated[str, typer.Option(help="Sample keys from the file's stem, or its path under FOLDER.")] = "stem",
+    overwrite: Annotated[bool, typer.Option(help="Replace the shards of an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the files left out and errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Pack a folder of videos into WebDataset shards for `run` (keys from file names)."""
+    _DEBUG["on"] = debug
+    from .pack import pack_folder, parse_bytes
+
+    summary = pack_folder(
+        folder,
+        output,
+        captions=captions,
+        shard_size=shard_size,
+        max_shard_bytes=parse_bytes(max_shard_bytes),
+        pattern=pattern,
+        keys=keys,
+        overwrite=overwrite,
+        report=lambda line: typer.echo(line, err=True),  # files left out are shown even with --quiet
+    )
+    _say(quiet, summary.line())
+
+
 # flag -> job field it overrides (`run`); only flags given on the command line override
 RUN_FLAGS = {
     "output": "output", "editor": "editor.name", "edit_prompt": "edit_prompt", "prompt": "edit.prompt",

@@ -8,11 +8,14 @@ and is renamed into place, so a target is either complete or absent.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -94,6 +97,56 @@ def read_video(
     src_h, src_w = raw.shape[1:3]
     fitted = np.stack([fit_frame(f, width, height, resize) for f in raw])
     return Clip(fitted, fps, source_fps, (src_w, src_h), num_source)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null for the block (what C++ libraries print, not Python)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@dataclass
+class VideoInfo:
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Open a video file and decode its first frame: a quick check that `read_video` can read it.
+
+    Raises AnyV2VError whose message is only the reason (the caller names the file)."""
+    import decord
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise AnyV2VError("empty (0 bytes)")
+    decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's own lines would break one-line reports
+    try:
+        with _native_stderr_silenced():  # decord's C++ logs the error it then raises
+            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        count, fps = len(reader), float(reader.get_avg_fps())
+    except Exception as e:  # decord raises bare DECORDError / RuntimeError / AssertionError
+        detail = _first_line(e).replace(str(path), path.name).split("...")[0]
+        raise AnyV2VError(f"not a readable video ({detail})") from None
+    if count < 1:
+        raise AnyV2VError("no frames")
+    if not fps > 0:
+        raise AnyV2VError("no frame rate; re-encode it (e.g. ffmpeg -r 24)")
+    try:
+        height, width = reader[0].shape[:2]
+    except Exception as e:
+        raise AnyV2VError(f"the first frame does not decode ({_first_line(e)})") from None
+    return VideoInfo(count, fps, int(width), int(height))
 
 
 def read_frame_folder(
