@@ -5,10 +5,11 @@ upright RGB uint8 frames by index, in presentation order. They agree frame for f
 (tests/test_decoders.py measures it):
 
 - Colour: PyAV's default swscale conversion to rgb24 (bilinear flags, the frame's own colour matrix and
-  range) is what decord's `scale` filter does, and both take swscale's unscaled YUV -> RGB path for 8-bit
-  4:2:0 with an even height, 4:2:2 and 4:4:4, so those frames are bit-identical. Where swscale falls back
-  to its general scaler (4:2:0 with an odd height, more than 8 bits per sample), decord's FFmpeg 4.1 and
-  PyAV's FFmpeg interpolate chroma differently: a few levels on smooth content, more at sharp colour edges.
+  range, BT.709 and full range included) gives what decord's `scale` filter gives, measured: both take
+  swscale's unscaled YUV -> RGB path for 8-bit 4:2:0 with an even height, 4:2:2 and 4:4:4, so those
+  frames are bit-identical. Where swscale falls back to its general scaler (4:2:0 with an odd height,
+  more than 8 bits per sample), decord's FFmpeg 4.1 and PyAV's FFmpeg interpolate chroma differently:
+  up to 5 levels on smooth content (tests/test_decoders.py), up to 75 at a saturated colour edge.
 - Rotation: frames come upright, as a player shows them. decord (FFmpeg 4.1) applies an MP4 / MOV
   display matrix or `rotate` tag by multiples of 90 degrees and ignores other angles and any rotation
   stored in Matroska / WebM, which its FFmpeg does not read; the PyAV path does exactly the same.
@@ -16,8 +17,9 @@ upright RGB uint8 frames by index, in presentation order. They agree frame for f
   sorted), so they see the same count and timestamps, and `frame_indices` turns them into the source
   frame on screen at each output time.
 
-decord 0.6 fails on some valid files (e.g. frames 16, 24, 48 or 72 px wide: it takes FFmpeg's padded
-rgb24 rows for compact ones); `open_video` callers fall back to PyAV then.
+decord 0.6 fails on some valid files: frames 1 to 4, 6, 8, 12, 16, 24, 48 or 72 px wide (upright), where
+FFmpeg pads the rgb24 rows to a multiple of the width and decord takes them for compact rows ("Check
+failed: from_size == to_size"). `video_io.read_video` falls back to PyAV then.
 """
 
 from __future__ import annotations
@@ -65,13 +67,16 @@ def frame_indices(timestamps: np.ndarray | None, source_fps: float, fps: float, 
     exactly as before timestamps were read; a variable-rate file is resampled by its timestamps, the last
     frame being held for 1 / average fps."""
     if timestamps is None or is_constant_rate(timestamps, source_fps):
-        return sample_indices(len(timestamps) if timestamps is not None else 0, source_fps, fps, frames)
+        return sample_indices(0 if timestamps is None else len(timestamps), source_fps, fps, frames)
     starts = timestamps - timestamps[0]
     end = starts[-1] + 1 / source_fps
-    return [
-        len(starts) if k / fps >= end - 1e-6 else int(np.searchsorted(starts, k / fps + TIME_TOLERANCE, "right")) - 1
-        for k in range(frames)
-    ]
+    indices = []
+    for k in range(frames):
+        if k / fps >= end - 1e-6:
+            indices.append(len(starts))  # past the end: the caller says the file is too short
+        else:  # the last frame that has started by k / fps
+            indices.append(int(np.searchsorted(starts, k / fps + TIME_TOLERANCE, side="right")) - 1)
+    return indices
 
 
 def is_constant_rate(timestamps: np.ndarray, source_fps: float) -> bool:
@@ -111,50 +116,51 @@ class DecordVideo:
 
 
 class PyAVVideo:
-    """PyAV: the packets of the best video stream are read once (the index), then decoded in order up to the
-    last frame asked for; frames go to rgb24 the way decord's filter graph does and are turned upright."""
+    """PyAV: one pass over the best video stream's packets indexes the file; frames() decodes from the start
+    up to the last frame asked for (a second pass: no packet is held in memory between the two)."""
 
     decoder = "pyav"
 
     def __init__(self, source: str | BinaryIO) -> None:
-        import av
-
-        self._container = av.open(source, mode="r")
-        try:
-            stream = self._container.streams.best("video")
+        self._source = source
+        with self._open() as container:
+            stream = container.streams.best("video")
             if stream is None:
                 raise ValueError("no video stream")
-            stream.codec_context.thread_count = 1
             # decord rotates only what FFmpeg 4.1 reports: display matrices in the MP4 / MOV family
-            self._rotates = "mov" in self._container.format.name.split(",")
-            self._stream = stream
-            self._packets = [p for p in self._container.demux(stream) if p.size]
-            self.num_frames = len(self._packets)
+            self._rotates = "mov" in container.format.name.split(",")
             self.fps = float(stream.average_rate) if stream.average_rate else 0.0
-            if any(p.pts is None for p in self._packets):
+            pts = [p.pts for p in container.demux(stream) if p.size]  # the last, empty packet only flushes
+            self.num_frames = len(pts)
+            if None in pts:
                 self.timestamps = None
             else:
                 start = stream.start_time or 0
-                pts = sorted(p.pts for p in self._packets)
-                self.timestamps = _usable(np.array([float((t - start) * stream.time_base) for t in pts]))
-        except BaseException:
-            self._container.close()
-            raise
+                seconds = [float((t - start) * stream.time_base) for t in sorted(pts)]
+                # float32, as decord hands them over: the same file gives the same numbers to both decoders
+                self.timestamps = _usable(np.array(seconds, np.float32).astype(np.float64))
+
+    def _open(self):
+        import av
+
+        if hasattr(self._source, "seek"):
+            self._source.seek(0)
+        return av.open(self._source, mode="r")
 
     def frames(self, indices: list[int]) -> np.ndarray:
         wanted, last = set(indices), max(indices)
         got: dict[int, np.ndarray] = {}
-        position = 0
-        try:
-            for packet in [*self._packets, None]:  # None flushes the decoder
-                for frame in self._stream.decode(packet):
+        position = 0  # frames come out of the decoder in presentation order
+        with self._open() as container:
+            stream = container.streams.best("video")
+            stream.codec_context.thread_count = 1
+            for packet in container.demux(stream):
+                for frame in packet.decode():
                     if position in wanted:
                         got[position] = self._upright_rgb(frame)
                     position += 1
                 if position > last:
                     break
-        finally:
-            self._container.close()
         if position <= last:
             raise ValueError(f"only {position} of {self.num_frames} frames decode")
         return np.stack([got[i] for i in indices])

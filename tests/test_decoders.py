@@ -108,6 +108,7 @@ CASES = [
     Case("vp9-yuv420p-64x48-webm", 64, 48, codec="libvpx-vp9", container="webm"),
     # 4:2:0 with an odd height: swscale's general scaler, whose chroma interpolation changed after FFmpeg 4.1
     Case("vp9-yuv420p-45x33-webm", 45, 33, codec="libvpx-vp9", container="webm", between=8),
+    Case("h264-yuv420p10le-64x48", 64, 48, pix_fmt="yuv420p10le", between=8),  # general scaler too
     Case("vp9-yuv444p-64x48-webm", 64, 48, codec="libvpx-vp9", pix_fmt="yuv444p", container="webm"),
     Case("h264-rotated-64x40", 64, 40, rotation=-90),  # a phone held upright; upright it is 40 wide
     Case("h264-rotated-64x48", 64, 48, rotation=90, auto="pyav"),  # upright 48 wide: decord fails
@@ -167,6 +168,20 @@ def test_every_file_kind_decodes_to_the_same_frames_with_either_decoder(tmp_path
         assert forced.source_frames == clip.source_frames and forced.source_size == clip.source_size
 
 
+def test_rotation_stored_in_webm_is_ignored_by_both_decoders(tmp_path):
+    """decord's FFmpeg 4.1 does not read a Matroska / WebM rotation; the PyAV path leaves it alone too."""
+    source = marked_clip(10, 64, 40)
+    path = tmp_path / "turned.webm"
+    path.write_bytes(encode(source, "libvpx-vp9", container="webm", rotation=90))
+    import av
+
+    with av.open(str(path)) as container:  # the rotation is in the file, PyAV's FFmpeg sees it
+        assert next(container.decode(video=0)).rotation == 90
+    frames = {d: read_video(path, FRAMES, FPS, 64, 40, decoder=d).frames for d in ("decord", "pyav")}
+    assert np.array_equal(frames["decord"], frames["pyav"]) and frames["pyav"].shape == (FRAMES, 40, 64, 3)
+    assert np.abs(frames["pyav"].astype(int) - source[:FRAMES]).mean() < 6
+
+
 def test_odd_height_yuv420p_differs_between_decoders_by_a_few_levels_only(tmp_path):
     """The one place the decoders are not bit-identical, measured: it is chroma interpolation, not a shift."""
     case = next(c for c in CASES if c.id == "vp9-yuv420p-45x33-webm")
@@ -186,7 +201,8 @@ def test_constant_rate_files_keep_the_average_fps_indices():
         for timestamps in (exact, np.round(exact, 3), np.floor(exact * 1000) / 1000):
             for fps in (8, 10, 7.5, 24, 29.97, 60):
                 frames = int(299 * fps / source_fps)
-                assert frame_indices(timestamps, source_fps, fps, frames) == sample_indices(300, source_fps, fps, frames)
+                old = sample_indices(300, source_fps, fps, frames)
+                assert frame_indices(timestamps, source_fps, fps, frames) == old
 
 
 def test_variable_rate_files_resample_by_timestamps():
@@ -264,7 +280,10 @@ def test_a_job_decodes_a_sample_decord_cannot_read():
 
 def decoder_matrix(tmp) -> list[str]:
     """Per file kind: the decoder `auto` used, max |decord - PyAV|, max and mean |decoded - encoded|."""
-    rows = ["| file | auto reads with | decord | max abs decord vs PyAV | max / mean abs to encoded |", "|---|---|---|---|---|"]
+    rows = [
+        "| file | auto reads with | decord | max abs decord vs PyAV | max / mean abs to encoded |",
+        "|---|---|---|---|---|",
+    ]
     for case in CASES:
         path = tmp / f"{case.id}.{case.container}"
         path.write_bytes(case.file())
