@@ -41,10 +41,13 @@ def encode(
     fps: float = 8,
     pts_ms: list[int] | None = None,
     rotation: int | None = None,
+    colour: str | None = None,
 ) -> bytes:
     """A real video file; `pts_ms` gives variable-rate timestamps in milliseconds, `rotation` a display matrix
-    turning the picture counter-clockwise (a phone held upright records -90)."""
+    turning the picture counter-clockwise (a phone held upright records -90), `colour` "bt709" or "full"
+    (BT.601, full range) converts and tags the frames that way instead of BT.601 limited range."""
     import av
+    from av.video.reformatter import ColorRange, Colorspace
 
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container) as out:
@@ -57,8 +60,14 @@ def encode(
         stream.codec_context.time_base = time_base
         if rotation is not None:
             stream.set_display_rotation(rotation)
+        matrix, full = (Colorspace.ITU709, False) if colour == "bt709" else (Colorspace.ITU601, colour == "full")
+        if colour:
+            stream.codec_context.colorspace = 1 if colour == "bt709" else 6  # AVCOL_SPC_BT709 / SMPTE170M
+            stream.codec_context.color_range = ColorRange.JPEG if full else ColorRange.MPEG
         for i, frame in enumerate(frames):
-            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format=pix_fmt)
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(
+                format=pix_fmt, dst_colorspace=matrix, dst_color_range=ColorRange.JPEG if full else ColorRange.MPEG
+            )
             video_frame.pts, video_frame.time_base = (pts_ms[i] if pts_ms else i), time_base
             for packet in stream.encode(video_frame):
                 out.mux(packet)
@@ -82,6 +91,7 @@ class Case:
     container: str = "mp4"
     rotation: int | None = None
     pts_ms: tuple[int, ...] | None = None
+    colour: str | None = None
     auto: str = "decord"  # the decoder that reads it in auto mode
     between: int = 0  # max abs difference decord vs PyAV (0: bit-identical)
     to_encoded: float = 6.0  # mean abs difference to the encoded frames
@@ -90,7 +100,7 @@ class Case:
     def file(self) -> bytes:
         pts = list(self.pts_ms) if self.pts_ms else None
         frames = marked_clip(len(pts) if pts else 10, self.width, self.height)
-        return encode(frames, self.codec, self.pix_fmt, self.container, 8, pts, self.rotation)
+        return encode(frames, self.codec, self.pix_fmt, self.container, 8, pts, self.rotation, self.colour)
 
     def expected(self, indices: list[int]) -> np.ndarray:
         """The encoded frames at `indices`, as a player shows them (turned upright)."""
@@ -105,6 +115,9 @@ CASES = [
     Case("h264-yuv444p-64x48", 64, 48, pix_fmt="yuv444p"),
     Case("h264-yuv444p-45x33", 45, 33, pix_fmt="yuv444p"),
     Case("h264-yuv444p-24x33", 24, 33, pix_fmt="yuv444p", auto="pyav"),
+    Case("h264-yuv420p-bt709-64x48", 64, 48, colour="bt709"),
+    Case("h264-yuv420p-full-range-64x48", 64, 48, colour="full"),
+    Case("h264-yuv420p-bt709-24x32", 24, 32, colour="bt709", auto="pyav"),
     Case("vp9-yuv420p-64x48-webm", 64, 48, codec="libvpx-vp9", container="webm"),
     # 4:2:0 with an odd height: swscale's general scaler, whose chroma interpolation changed after FFmpeg 4.1
     Case("vp9-yuv420p-45x33-webm", 45, 33, codec="libvpx-vp9", container="webm", between=8),
@@ -138,6 +151,12 @@ def test_every_file_kind_decodes_to_the_same_frames_with_either_decoder(tmp_path
     path = tmp_path / f"v.{case.container}"
     path.write_bytes(case.file())
     height, width = (case.width, case.height) if (case.rotation or 0) % 180 else (case.height, case.width)
+    if case.colour:  # the file really is tagged so (else this case would test BT.601 limited range again)
+        import av
+
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+            assert (frame.colorspace, frame.color_range) == ((1, 1) if case.colour == "bt709" else (6, 2))
     clip = read_video(path, FRAMES, FPS, width, height)  # at its own size, so fitting changes nothing
     assert clip.decoder == case.auto
     if case.pts_ms:
@@ -163,9 +182,20 @@ def test_every_file_kind_decodes_to_the_same_frames_with_either_decoder(tmp_path
         assert np.array_equal(both["decord"], clip.frames)
         between = np.abs(both["decord"].astype(int) - both["pyav"].astype(int)).max()
         assert between <= case.between
-        forced = read_video(path, FRAMES, FPS, width, height, decoder="pyav")
-        assert forced.decoder == "pyav" and forced.source_fps == clip.source_fps
+        forced = read_video(path, FRAMES, FPS, width, height, decoder="pyav")  # the public function, forced
+        assert forced.decoder == "pyav" and np.abs(forced.frames.astype(int) - clip.frames).max() <= case.between
+        assert forced.source_fps == clip.source_fps
         assert forced.source_frames == clip.source_frames and forced.source_size == clip.source_size
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv444p"])
+def test_decoders_agree_bit_for_bit_at_the_widths_around_those_decord_fails_on(tmp_path, pix_fmt):
+    """PyAV's conversion has nothing width-specific: next to each width decord 0.6 cannot read, both agree."""
+    for width in (10, 14, 18, 20, 22, 26, 28, 46, 50, 70, 74):
+        path = tmp_path / f"{width}.mp4"
+        path.write_bytes(encode(marked_clip(3, width, 32), pix_fmt=pix_fmt))
+        frames = [read_video(path, 3, 8, width, 32, decoder=d).frames for d in ("decord", "pyav")]
+        assert np.array_equal(*frames), width
 
 
 def test_rotation_stored_in_webm_is_ignored_by_both_decoders(tmp_path):
@@ -250,6 +280,8 @@ def test_unreadable_files_keep_their_one_line_errors_with_every_decoder(tmp_path
         read_video(io.BytesIO(b"\x00\x01garbage" * 200), 6, 8, 64, 48, decoder=decoder)
     if decoder == "auto":  # both were tried, both reasons are given
         assert "decord: " in str(err.value) and "; pyav: " in str(err.value)
+        with pytest.raises(ValueError, match="unknown video decoder 'ffmpeg'"):
+            read_video(short, 6, 8, 64, 48, decoder="ffmpeg")
 
 
 def test_a_job_decodes_a_sample_decord_cannot_read():
