@@ -1,4 +1,4 @@
-"""Video in (decord) and out (PyAV), frame folders, images; every write is atomic.
+"""Video in (decord, PyAV when decord fails) and out (PyAV), frame folders, images; every write is atomic.
 
 A clip is a numpy uint8 array [F, H, W, 3]. Reading resamples in time to the requested fps
 (sample-and-hold: output frame k shows the source frame on screen at time k / fps), keeps the first
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import shutil
 import sys
@@ -25,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import AnyV2VError
 from .imaging import ResizeMode, fit_frame
+from .video_decode import Decoder, VideoFile, clip_seconds, decoders_to_try, frame_indices, open_video
+from .video_decode import sample_indices as sample_indices  # re-exported: callers and tests use it from here
 
 
 def _umask() -> int:
@@ -48,11 +49,7 @@ class Clip:
     source_fps: float | None = None  # the file's own rate (None for frame folders)
     source_size: tuple[int, int] | None = None  # (width, height) before fitting
     source_frames: int | None = None  # frame count of the source
-
-
-def sample_indices(num_source: int, source_fps: float, fps: float, frames: int) -> list[int]:
-    """Source frame indices for `frames` output frames at `fps` (sample-and-hold)."""
-    return [math.floor(k * source_fps / fps + 1e-6) for k in range(frames)]
+    decoder: str | None = None  # which decoder read the video ("decord" or "pyav"; None for frame folders)
 
 
 def read_video(
@@ -63,40 +60,67 @@ def read_video(
     height: int,
     resize: ResizeMode = "stretch",
     name: str | None = None,
+    decoder: Decoder = "auto",
 ) -> Clip:
-    """Decode a video file (a path or a binary file object) into a clip."""
-    import decord
+    """Decode a video file (a path or a binary file object) into a clip.
 
+    `decoder="auto"` reads with decord and falls back to PyAV when decord cannot open the file or decode
+    its frames; "decord" or "pyav" uses that one only. Either gives the same frames (see video_decode)."""
     label = name or str(source if not hasattr(source, "read") else getattr(source, "name", "video"))
-    if not hasattr(source, "read"):
+    tried = decoders_to_try(decoder)
+    if hasattr(source, "read"):
+        data = source.read()
+
+        def opened_source() -> str | BinaryIO:
+            return io.BytesIO(data)  # each decoder reads its own stream of the bytes
+
+    else:
         path = Path(source)
         if not path.exists():
             raise AnyV2VError(f"source video {label!r} does not exist")
-        if path.stat().st_size == 0:
-            raise AnyV2VError(f"source video {label!r} is empty (0 bytes)")
-        source = str(path)
-    try:
-        reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
-        num_source, source_fps = len(reader), float(reader.get_avg_fps())
-    except Exception as e:  # decord raises bare DECORDError / RuntimeError / AssertionError
-        raise AnyV2VError(f"cannot decode {label!r}: not a readable video ({_first_line(e)})") from None
+        data = b"" if path.stat().st_size == 0 else None
+
+        def opened_source() -> str | BinaryIO:
+            return str(path)
+
+    if data == b"":
+        raise AnyV2VError(f"source video {label!r} is empty (0 bytes)")
+    failures: list[str] = []
+    opened = False
+    for which in tried:
+        try:
+            video = open_video(opened_source(), which)
+        except Exception as e:  # decord raises bare DECORDError / RuntimeError / AssertionError, PyAV av.FFmpegError
+            failures.append(f"{which}: {_first_line(e)}")
+            continue
+        opened = True
+        indices = _indices_or_refuse(video, frames, fps, label)  # the file itself, not the decoder: no fallback
+        try:
+            raw = video.frames(indices)
+        except Exception as e:
+            failures.append(f"{which}: {_first_line(e)}")
+            continue
+        src_h, src_w = raw.shape[1:3]
+        fitted = np.stack([fit_frame(f, width, height, resize) for f in raw])
+        return Clip(fitted, fps, video.fps, (src_w, src_h), video.num_frames, video.decoder)
+    problem = "frames are corrupt" if opened else "not a readable video"
+    raise AnyV2VError(f"cannot decode {label!r}: {problem} ({'; '.join(failures)})")
+
+
+def _indices_or_refuse(video: VideoFile, frames: int, fps: float, label: str) -> list[int]:
+    """The source frames to decode, or the one-line error of a file without a frame rate or too short."""
+    source_fps = video.fps
     if not source_fps > 0:
         raise AnyV2VError(f"{label!r} has no frame rate; re-encode it (e.g. ffmpeg -r 24) and try again")
-    indices = sample_indices(num_source, source_fps, fps, frames)
-    if indices[-1] >= num_source:
-        have = num_source / source_fps
+    indices = frame_indices(video.timestamps, source_fps, fps, frames)
+    if not video.num_frames or indices[-1] >= video.num_frames:
+        have = clip_seconds(video.timestamps, video.num_frames, source_fps)
         need = (frames - 1) / fps + 1 / source_fps
         raise AnyV2VError(
-            f"{label!r} is too short: {num_source} frames at {source_fps:g} fps ({have:.2f} s), but --frames "
+            f"{label!r} is too short: {video.num_frames} frames at {source_fps:g} fps ({have:.2f} s), but --frames "
             f"{frames} at --fps {fps:g} needs {need:.2f} s; use fewer --frames or a lower --fps"
         )
-    try:
-        raw = reader.get_batch(indices).asnumpy()
-    except Exception as e:
-        raise AnyV2VError(f"cannot decode {label!r}: frames are corrupt ({_first_line(e)})") from None
-    src_h, src_w = raw.shape[1:3]
-    fitted = np.stack([fit_frame(f, width, height, resize) for f in raw])
-    return Clip(fitted, fps, source_fps, (src_w, src_h), num_source)
+    return indices
 
 
 @contextlib.contextmanager

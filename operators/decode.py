@@ -34,6 +34,7 @@ def decode_clip(row: dict[str, Any]) -> dict[str, Any]:
                 "frames": clip.source_frames,
                 "width": clip.source_size[0],
                 "height": clip.source_size[1],
+                "decoder": clip.decoder,  # decord, or PyAV where decord could not read the file
             }
         except Exception as e:  # noqa: BLE001 - per-sample isolation
             work.error = one_line(e)
