@@ -146,7 +146,8 @@ class VideoInfo:
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Open a video file and decode its first frame: a quick check that `read_video` can read it.
+    """Open a video file and decode its first frame: a quick check that `read_video` can read it (with
+    the same decoders: decord, else PyAV).
 
     Raises AnyV2VError whose message is only the reason (the caller names the file)."""
     import decord
@@ -155,22 +156,24 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     if path.stat().st_size == 0:
         raise AnyV2VError("empty (0 bytes)")
     decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's own lines would break one-line reports
-    try:
-        with _native_stderr_silenced():  # decord's C++ logs the error it then raises
-            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        count, fps = len(reader), float(reader.get_avg_fps())
-    except Exception as e:  # decord raises bare DECORDError / RuntimeError / AssertionError
-        detail = _first_line(e).replace(str(path), path.name).split("...")[0]
-        raise AnyV2VError(f"not a readable video ({detail})") from None
-    if count < 1:
-        raise AnyV2VError("no frames")
-    if not fps > 0:
-        raise AnyV2VError("no frame rate; re-encode it (e.g. ffmpeg -r 24)")
-    try:
-        height, width = reader[0].shape[:2]
-    except Exception as e:
-        raise AnyV2VError(f"the first frame does not decode ({_first_line(e)})") from None
-    return VideoInfo(count, fps, int(width), int(height))
+    failures: list[str] = []
+    for which in decoders_to_try("auto"):
+        try:
+            with _native_stderr_silenced():  # decord's C++ logs the error it then raises
+                video = open_video(str(path), which)
+                count, fps = video.num_frames, float(video.fps)
+                if count < 1:
+                    raise AnyV2VError("no frames")
+                if not fps > 0:
+                    raise AnyV2VError("no frame rate; re-encode it (e.g. ffmpeg -r 24)")
+                height, width = video.frames([0])[0].shape[:2]
+        except AnyV2VError:
+            raise
+        except Exception as e:  # decord raises bare DECORDError / RuntimeError / AssertionError
+            failures.append(f"{which}: {_first_line(e).replace(str(path), path.name).split('...')[0]}")
+            continue
+        return VideoInfo(count, fps, int(width), int(height))
+    raise AnyV2VError(f"not a readable video ({'; '.join(failures)})")
 
 
 def read_frame_folder(

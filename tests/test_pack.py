@@ -90,7 +90,10 @@ def test_pack_writes_exact_members_and_reports_skips(tmp_path, capsys):
     assert code == 0, lines
     assert lines[0] == "captions: group_config.json item 3: no video 'missing' in the folder"
     assert lines[1] == "skipped sub/bad_edit.edited.png: not a readable image"  # in key order
-    assert lines[2] == "skipped broken.mp4: not a readable video (Error reading broken.mp4)"
+    assert lines[2] == (
+        "skipped broken.mp4: not a readable video (decord: Error reading broken.mp4; "
+        "pyav: [Errno 1094995529] Invalid data found when processing input: 'broken.mp4')"
+    )
     assert lines[3] == (
         f"packed 4 samples into 2 shards ({tmp_path / 'shards'}/{{000000..000001}}.tar); skipped 2; "
         "1 caption entry matched no video"
@@ -326,7 +329,8 @@ def test_nothing_readable_is_an_error(tmp_path):
     with pytest.raises(AnyV2VError, match="none of the 2 videos"):
         pack_folder(data, tmp_path / "out", report=lines.append)
     assert lines == [
-        "skipped bad.mp4: not a readable video (Error reading bad.mp4)",
+        "skipped bad.mp4: not a readable video (decord: Error reading bad.mp4; "
+        "pyav: [Errno 1094995529] Invalid data found when processing input: 'bad.mp4')",
         "skipped empty.mov: empty (0 bytes)",
     ]
     assert not (tmp_path / "out").exists()
@@ -369,3 +373,14 @@ def test_the_job_edits_every_packed_sample(ray_local, tmp_path):
     # the edited first frame each sample brought is the one the job used
     packed = read_tar(tmp_path / "shards" / "000000.tar")
     assert np.array_equal(image(out["clip_a.edit.png"]), image(packed["clip_a.edited.png"]))
+
+
+def test_a_video_only_pyav_decodes_is_packed_not_skipped(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "narrow.mp4").write_bytes(mp4(moving_clip(6, 24, 32, seed=5)))  # 24 px wide: decord 0.6 fails
+    lines: list[str] = []
+    pack_folder(data, tmp_path / "out", report=lines.append)
+    assert not any(line.startswith("skipped") for line in lines), lines
+    meta = json.loads(read_tar(tmp_path / "out" / "000000.tar")["narrow.json"])
+    assert (meta["source_width"], meta["source_height"], meta["source_frames"]) == (24, 32, 6)
