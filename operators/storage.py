@@ -1,7 +1,8 @@
 """Paths and URLs through fsspec: expanding input patterns, atomic writes, listing.
 
 Local paths and any fsspec URL (s3://, gs://, http(s)://, memory://) work alike. Writes are atomic:
-locally a temporary file renamed into place; on object stores a single PUT, which is all-or-nothing.
+locally a temporary file renamed into place; on object stores a single PUT, or a multipart upload,
+which S3 and GCS publish only when it completes: all-or-nothing either way.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ from anyv2v_batch.video_io import FILE_MODE, atomic_write_bytes, check_writable_
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of a URL, with no cached listing of the path or its parents: other
+    processes (Ray workers, another run) write the same store, and s3fs / gcsfs would otherwise answer
+    `ls` and `exists` from what this process saw last."""
     try:
-        return url_to_fs(url)
+        fs, path = url_to_fs(url)
     except (ImportError, ValueError) as e:
         raise AnyV2VError(f"cannot open {url!r}: {str(e).splitlines()[0][:200]}") from None
+    fs.invalidate_cache(path)
+    return fs, path
 
 
 def join(root: str, *parts: str) -> str:

@@ -117,7 +117,10 @@ def test_one_run_per_output_and_dead_runs_locks_are_taken_over(tmp_path):
     with OutputLock(out):  # not refreshed for too long: taken over
         pass
     with OutputLock(out, heartbeat=0.05) as held:  # a live run keeps refreshing its lock
-        time.sleep(0.3)
+        deadline = time.time() + 60  # waits for the event (a beat), not for a time
+        while json.loads((tmp_path / "out" / "_lock.json").read_text())["refreshed"] == held.mine["started"]:
+            assert time.time() < deadline, "the lock was never refreshed"
+            time.sleep(0.01)
         assert json.loads((tmp_path / "out" / "_lock.json").read_text())["refreshed"] > held.mine["started"]
     (tmp_path / "out" / "_lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": time.time()}))
     with pytest.raises(AnyV2VError):
