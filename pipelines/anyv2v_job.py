@@ -79,7 +79,10 @@ def check_job(job: JobSpec) -> None:
     from anyv2v_batch.editors import editor_class
 
     for v in job.variants:
-        editor_class(v.editor.name)
+        try:
+            editor_class(v.editor.name).check_options(v.editor.options)
+        except AnyV2VError as e:
+            raise AnyV2VError(f"variant {v.name!r}: {e}") from None
         try:
             backbone_class(v.backbone).check_settings(v.model, v.clip)
         except AnyV2VError as e:
