@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -138,7 +139,10 @@ def read_image(
     if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
         raise AnyV2VError(f"image {label!r} does not exist")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with warnings.catch_warnings():  # PIL warns of big images at open; the size is judged here instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with img:
             width, height = img.size  # from the header: nothing is decoded yet
             if width * height > max_pixels:
                 raise AnyV2VError(

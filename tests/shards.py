@@ -73,3 +73,17 @@ def patch_size(data: bytes, header: int, size: int) -> bytes:
     block[148:156] = b" " * 8
     block[148:156] = b"%06o\0 " % sum(block)
     return data[:header] + bytes(block) + data[header + tarfile.BLOCKSIZE :]
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid black 1-bit PNG of width x height: a few KB that decode to width * height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row, compress = b"\0" * (1 + (width + 7) // 8), zlib.compressobj(9)
+    idat = b"".join(compress.compress(row) for _ in range(height)) + compress.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

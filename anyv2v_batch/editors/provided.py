@@ -8,7 +8,8 @@ The `image` option is the job owner's and is trusted. Metadata comes with the sh
 do not control: a path or URL there is read only if it lies under one of the `allowed_roots` option's
 prefixes (none by default), so a shard cannot make the job read `/etc/passwd`, another dataset's files
 or an internal URL. Local paths are resolved (`..`, symlinks) before the check and the resolved path
-is what is opened; URLs are compared by scheme, host and normalised, percent-decoded path.
+is what is opened; URLs are compared by scheme, host (or bucket) and percent-decoded path, and a URL
+whose path has a '..' component is refused (object stores keep '..' where a web server resolves it).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def resolve_allowed(location: str, roots: list[str]) -> str | None:
         return None
     if URL.match(location) and not location.lower().startswith("file://"):
         parts = urlsplit(location)
+        if ".." in unquote(parts.path).replace("\\", "/").split("/"):
+            return None  # filesystems differ in how they resolve '..' (object stores keep it): never followed
         path = _url_path(parts.path)
         for root in roots:
             r = urlsplit(root)
