@@ -5,6 +5,10 @@ a video (.mp4, .webm, .mkv, .avi, .mov), optional .json / .txt metadata and opti
 edited first frame (.edited.png / .edited.jpg). Members are grouped by key over the whole tar, so a
 sample whose members are not adjacent is still read whole. Pairs already done are skipped here,
 before any decoding.
+
+Shards come from people we do not control: headers are read one at a time with bounded reads, every
+member is checked against the job's `limits` from its header before it is read, unsafe keys never
+become names, and damage to the tar costs only what lies after it (see `iter_samples`).
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ class Sample:
 
 
 # tarfile reads a pax or GNU long-name header whole, at the size the header claims; no header or
-# chunk we read is near this, so a bigger single read is a lying header, refused before allocating it
+# chunk we read is near this, so a bigger single read is a lying header, refused rather than read
 MAX_SINGLE_READ = 16 * 1024**2
 READ_CHUNK = 1024**2
 

@@ -158,7 +158,7 @@ def test_a_header_that_lies_about_a_size(tmp_path):
     got = samples_of(tmp_path / "small.tar")
     assert got[0][0] == "a" and got[1] == ("b", {"mp4": b"b" * 100}, "")
     assert got[2][0] == "" and "no end-of-archive marker" in got[2][2] and len(got) == 3
-    # a PAX extended header claiming 4 GiB: tarfile would read it whole; refused before any allocation
+    # a PAX extended header claiming 4 GiB: tarfile would read it whole; refused, not read into memory
     pax = tar_bytes([("a.mp4", b"a"), ("ü.mp4", b"u"), ("z.mp4", b"z")])  # the non-ASCII name gets a PAX header
     offset = pax.index(b"PaxHeader") // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE  # the extended header's block
     gc.collect()
