@@ -20,6 +20,8 @@ import yaml
 
 from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings, SettingError, backbone_defaults
+from anyv2v_batch.templates import TemplateError, template_fields
+from anyv2v_batch.video_io import MAX_IMAGE_PIXELS
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 SECTIONS = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings}
@@ -34,6 +36,17 @@ class PoolSpec:
     num_gpus: float | None = None  # per actor; None: 1 when the cluster has GPUs and the device allows
     num_cpus: float = 1.0  # per actor / task; also its torch thread count
     batch_size: int = 1  # clips per call
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what a shard may make the job read or hold: shards come from people we do not control.
+    A sample over a cap becomes an error row; nothing over a cap is read into memory."""
+
+    max_member_bytes: int = 2 * 1024**3  # one tar member (checked from its header, before reading)
+    max_sample_bytes: int = 4 * 1024**3  # all members of one sample together
+    max_members_per_key: int = 64  # members sharing one key
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # an image (edited first frame), checked before decoding its pixels
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class JobSpec:
     store_all_timesteps: bool = False  # `invert`: keep every timestep, not only those the variants read
     # a rerun recomputes (and replaces) pairs made with other settings instead of refusing
     redo_changed: bool = False
+    limits: Limits = field(default_factory=Limits)
     source: str = "job"  # the file (or "command line") the job came from, for messages
     # filled in by the driver before work (fingerprint.job_fingerprints): variant name -> (fingerprint,
     # its fields as JSON), and "backbone:model" -> weights identity
@@ -101,7 +115,7 @@ class JobSpec:
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
     "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
-    "inversions", "store_all_timesteps", "redo_changed",
+    "inversions", "store_all_timesteps", "redo_changed", "limits",
 }  # fmt: skip
 VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed", "backbone", "model"}
 
@@ -197,6 +211,28 @@ def _pool(where: str, path: str, raw: Any) -> PoolSpec:
     if pool.num_cpus <= 0 or (pool.num_gpus is not None and pool.num_gpus < 0):
         raise _fail(where, path, "num_cpus must be > 0 and num_gpus >= 0")
     return pool
+
+
+def _limits(where: str, raw: Any) -> Limits:
+    raw = _mapping(where, "limits", raw)
+    names = {f.name for f in dataclasses.fields(Limits)}
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise _unknown(where, "limits", key, names)
+        values[key] = _coerce(where, f"limits.{key}", value, getattr(Limits, key))
+        if values[key] < 1:
+            raise _fail(where, f"limits.{key}", f"must be >= 1, got {value}")
+    return Limits(**values)
+
+
+def _template(where: str, path: str, template: str) -> str:
+    """A prompt template is checked here, before any work: plain `{field}` names only."""
+    try:
+        template_fields(template)
+    except TemplateError as e:
+        raise _fail(where, path, str(e)) from None
+    return template
 
 
 def _as_list(where: str, path: str, value: Any) -> tuple[str, ...]:
@@ -300,6 +336,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
             model = job_model if backbone == job_backbone else None
         base = base_for(backbone)
         sections = {s: _settings(where, f"{path}.{s}", cls, base[s], rv.get(s)) for s, cls in SECTIONS.items()}
+        _template(where, f"{path}.edit.prompt", sections["edit"].prompt)
         variants.append(
             VariantSpec(
                 name=name,
@@ -307,7 +344,11 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
                 inversion=sections["inversion"],
                 edit=sections["edit"],
                 editor=_editor(where, f"{path}.editor", rv.get("editor"), base_editor),
-                edit_prompt=_coerce(where, f"{path}.edit_prompt", rv.get("edit_prompt", base_edit_prompt), ""),
+                edit_prompt=_template(
+                    where,
+                    f"{path}.edit_prompt",
+                    _coerce(where, f"{path}.edit_prompt", rv.get("edit_prompt", base_edit_prompt), ""),
+                ),
                 seed=_coerce(where, f"{path}.seed", rv.get("seed", base_seed), 0),
                 backbone=backbone,
                 model=model,
@@ -347,6 +388,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         share_source=_coerce(where, "share_source", raw.get("share_source", True), True),
         store_all_timesteps=_coerce(where, "store_all_timesteps", raw.get("store_all_timesteps", False), False),
         redo_changed=_coerce(where, "redo_changed", raw.get("redo_changed", False), False),
+        limits=_limits(where, raw.get("limits")),
         source=where,
         **optional,
     )

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,15 +206,31 @@ def read_source(
     return read_video(path, frames, fps, width, height, resize)
 
 
-def read_image(source: str | os.PathLike | bytes | BinaryIO, name: str | None = None) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3]."""
+# an image over this many pixels is refused before its pixels are decoded (a PNG of a few KB can
+# claim gigapixels; PIL only warns below twice its own limit). A job sets it with limits.max_image_pixels
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def read_image(
+    source: str | os.PathLike | bytes | BinaryIO, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3]; refused from its header if over `max_pixels`."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
     if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
         raise AnyV2VError(f"image {label!r} does not exist")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with warnings.catch_warnings():  # PIL warns of big images at open; the size is judged here instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with img:
+            width, height = img.size  # from the header: nothing is decoded yet
+            if width * height > max_pixels:
+                raise AnyV2VError(
+                    f"image {label!r} is {width}x{height} ({width * height} pixels), more than the limit of "
+                    f"{max_pixels} (limits.max_image_pixels)"
+                )
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise AnyV2VError(f"cannot read image {label!r}: not a readable image ({_first_line(e)})") from None
 
 

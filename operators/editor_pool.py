@@ -36,7 +36,13 @@ class EditorPool:
                     options = dict(variant.editor.options)
                     if variant.edit_prompt:
                         options["instruction"] = variant.edit_prompt
-                    context = SampleContext(work.key, work.meta, work.files, seed=variant.settings.seed)
+                    context = SampleContext(
+                        work.key,
+                        work.meta,
+                        work.files,
+                        seed=variant.settings.seed,
+                        max_image_pixels=self.job.limits.max_image_pixels,
+                    )
                     edited = self.editor(variant.editor.name).edit(work.frames[0], options, context)
                     variant.first_frame = prepare_first_frame(edited, work.clip.width, work.clip.height)
                 except Exception as e:  # noqa: BLE001 - an editor failure fails this variant only

@@ -5,6 +5,10 @@ a video (.mp4, .webm, .mkv, .avi, .mov), optional .json / .txt metadata and opti
 edited first frame (.edited.png / .edited.jpg). Members are grouped by key over the whole tar, so a
 sample whose members are not adjacent is still read whole. Pairs already done are skipped here,
 before any decoding.
+
+Shards come from people we do not control: headers are read one at a time with bounded reads, every
+member is checked against the job's `limits` from its header before it is read, unsafe keys never
+become names, and damage to the tar costs only what lies after it (see `iter_samples`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import posixpath
 import tarfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
-from anyv2v_batch.job import JobSpec
+from anyv2v_batch.job import JobSpec, Limits
 from anyv2v_batch.operators.storage import filesystem, join
 from anyv2v_batch.operators.work import (
     ClipWork,
@@ -37,18 +42,185 @@ def split_member(name: str) -> tuple[str, str]:
     return posixpath.join(folder, stem) if folder else stem, ext.lower()
 
 
-def iter_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for every sample of a tar shard, in first-appearance order."""
+def unsafe_key_reason(key: str) -> str:
+    """Why a key may not name an output file or tar member ("" if it may). tarfile decodes names with
+    surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates: not printable, like NUL
+    and control characters."""
+    if not key:
+        return "it is empty"
+    if key.startswith("/"):
+        return "it is an absolute path"
+    if ".." in key.split("/"):
+        return "it has a '..' component"
+    if not key.isprintable():
+        return "it has NUL, control characters or bytes that are not UTF-8"
+    return ""
+
+
+def printable_key(key: str) -> str:
+    """A key as printable UTF-8 text: non-UTF-8 bytes as \\xNN, other unprintable characters as \\xNN /
+    \\uNNNN, backslashes doubled. Unsafe keys are recorded under this rendering."""
+    out = []
+    for ch in key:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif not ch.isprintable():
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@dataclass
+class Sample:
+    """One key of a shard: its members' bytes by extension, or why it cannot be used."""
+
+    key: str  # the row's key: the members' key, or for an unsafe key a printable rendering (see iter_samples)
+    files: dict[str, bytes] = field(default_factory=dict)
+    error: str = ""
+
+
+# tarfile reads a pax or GNU long-name header whole, at the size the header claims; no header or
+# chunk we read is near this, so a bigger single read is a lying header, refused rather than read
+MAX_SINGLE_READ = 16 * 1024**2
+READ_CHUNK = 1024**2
+
+
+class _CappedReads:
+    """A file object whose single reads may not exceed MAX_SINGLE_READ (see above)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > MAX_SINGLE_READ:
+            raise tarfile.ReadError(f"a header claims {n} bytes of header data (a lying or damaged header)")
+        return self.f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
+@dataclass
+class _Group:
+    members: list[tuple[str, tarfile.TarInfo]] = field(default_factory=list)
+    count: int = 0  # members seen; over the cap, `members` is dropped and only this counts on
+
+
+def _file_size(f: BinaryIO) -> int | None:
+    try:
+        end = f.seek(0, 2)
+        f.seek(0)
+        return end
+    except (OSError, ValueError):
+        return None
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A member's bytes in bounded reads (its size was checked against the limits first)."""
+    handle = tar.extractfile(member)
+    chunks, left = [], member.size
+    while left > 0:
+        chunk = handle.read(min(READ_CHUNK, left))
+        if not chunk:
+            raise tarfile.ReadError(f"member {member.name!r} is cut short: {member.size - left} of {member.size} bytes")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _sample_problem(group: _Group, end: int | None, limits: Limits) -> str:
+    """Why a sample cannot be read, from its headers alone ("" if it can)."""
+    if group.count > limits.max_members_per_key:
+        return f"has {group.count} members, more than limits.max_members_per_key ({limits.max_members_per_key})"
+    for _, m in group.members:
+        name = printable_key(m.name)
+        if m.size > limits.max_member_bytes:
+            return f"member {name!r} has {m.size} bytes, more than limits.max_member_bytes ({limits.max_member_bytes})"
+        if end is not None and m.offset_data + m.size > end:
+            return (
+                f"member {name!r} claims {m.size} bytes but the shard ends {max(0, end - m.offset_data)} bytes "
+                "after its start (a truncated tar or a lying header)"
+            )
+    total = sum(m.size for _, m in group.members)
+    if total > limits.max_sample_bytes:
+        return f"has {total} bytes in its members, more than limits.max_sample_bytes ({limits.max_sample_bytes})"
+    return ""
+
+
+def iter_samples(url: str, limits: Limits | None = None) -> Iterator[Sample]:
+    """Every sample of a tar shard, in first-appearance order.
+
+    Headers are read one by one (never more than a header's worth at once), grouping members by key
+    over the whole tar; then each sample's members are read, checked against `limits` from their
+    headers first. A sample that breaks a limit, has an unsafe key or a member cut short becomes a
+    Sample with an error (its bytes are not read). Damage to the tar itself (a truncated tar, a header
+    that does not parse, a size running past the end, no end-of-archive marker) ends the header scan:
+    the samples before it are yielded, then one Sample under the empty key recording the damage,
+    unless it is already recorded as a sample's member running past the end. A shard whose first header
+    does not parse raises (the caller records the whole shard)."""
+    limits = limits or Limits()
     fs, path = filesystem(url)
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
-        groups: dict[str, list[tuple[str, tarfile.TarInfo]]] = {}
-        for member in tar.getmembers():  # headers only: data is read per sample below
-            if not member.isfile() or posixpath.basename(member.name).startswith("."):
-                continue
-            key, ext = split_member(member.name)
-            groups.setdefault(key, []).append((ext, member))
-        for key, items in groups.items():
-            yield key, {ext: tar.extractfile(member).read() for ext, member in items}
+    with fs.open(path, "rb") as raw:
+        end = _file_size(raw)
+        with tarfile.open(fileobj=_CappedReads(raw), mode="r:*") as tar:
+            if not isinstance(tar.fileobj, _CappedReads):
+                end = None  # compressed: the end of the tar stream is not the file's size
+            groups: dict[str, _Group] = {}
+            damage = ""
+            count = 0
+            try:
+                while (member := tar.next()) is not None:
+                    count += 1
+                    if not member.isfile() or posixpath.basename(member.name).startswith("."):
+                        continue
+                    key, ext = split_member(member.name)
+                    group = groups.setdefault(key, _Group())
+                    group.count += 1
+                    if group.count <= limits.max_members_per_key:
+                        group.members.append((ext, member))
+                    else:
+                        group.members.clear()
+                    tar.members.clear()  # tarfile keeps every header; `groups` holds those we need
+                tar.fileobj.seek(tar.offset)
+                if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+                    # tarfile ends quietly at a short, empty or unparsable header block
+                    damage = (
+                        f"no end-of-archive marker at byte {tar.offset}: the tar is truncated or a header is damaged"
+                    )
+            except Exception as e:  # noqa: BLE001 - any damage ends the scan; what came before is kept
+                damage = f"the tar is damaged after {count} members: {one_line(e)}"
+            overrun = False
+            taken = {k for k in groups if not unsafe_key_reason(k)} | {""}  # "" is the shard's own rows
+            for key, group in groups.items():
+                reason = unsafe_key_reason(key)
+                row_key = key
+                if reason:  # recorded under its printable rendering, made unique within the shard
+                    row_key = rendered = printable_key(key)
+                    n = 1
+                    while row_key in taken:
+                        n += 1
+                        row_key = f"{rendered}#{n}"
+                    taken.add(row_key)
+                    yield Sample(row_key, error=f"sample key '{printable_key(key)}' is unsafe: {reason}")
+                    continue
+                problem = _sample_problem(group, end, limits)
+                overrun = overrun or (end is not None and any(m.offset_data + m.size > end for _, m in group.members))
+                if problem:
+                    yield Sample(key, error=f"sample {key!r} {problem}")
+                    continue
+                try:
+                    yield Sample(key, {ext: _read_member(tar, member) for ext, member in group.members})
+                except Exception as e:  # noqa: BLE001 - e.g. a compressed tar cut inside a member
+                    yield Sample(key, error=f"sample {key!r} cannot be read: {one_line(e)}")
+            if damage and not overrun:
+                yield Sample("", error=f"shard {url!r}: {damage}")
 
 
 def sample_metadata(key: str, files: dict[str, bytes]) -> dict[str, Any]:
@@ -57,8 +229,12 @@ def sample_metadata(key: str, files: dict[str, bytes]) -> dict[str, Any]:
     if "json" in files:
         try:
             loaded = json.loads(files["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{key}.json is not valid JSON ({e})") from None
+        except (ValueError, RecursionError) as e:  # also too deeply nested, or an int of 5000 digits
+            raise ValueError(f"{key}.json is not valid JSON ({one_line(e)})") from None
+        try:  # JSON may spell lone surrogates ("\\ud800"): no output file or Parquet row could hold them
+            json.dumps(loaded, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{key}.json has text that is not valid Unicode (a lone surrogate)") from None
         meta.update(loaded if isinstance(loaded, dict) else {"json": loaded})
     if "txt" in files:
         text = files["txt"].decode("utf-8", errors="replace").strip()
@@ -112,9 +288,12 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
     stored = StoredInversions(job.inversions if mode == "edit" else None, shard_id)
     started = time.perf_counter()
     try:
-        for key, files in iter_samples(shard):
+        for sample in iter_samples(shard, job.limits):
+            key, files = sample.key, sample.files
             video_ext = next((e for e in VIDEO_EXTENSIONS if e in files), "")
-            error = "" if video_ext else f"sample {key!r} has no video ({', '.join('.' + e for e in VIDEO_EXTENSIONS)})"
+            error = sample.error
+            if not error and not video_ext:
+                error = f"sample {key!r} has no video ({', '.join('.' + e for e in VIDEO_EXTENSIONS)})"
             try:
                 meta = sample_metadata(key, files)
             except ValueError as e:
@@ -149,7 +328,7 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                     inversion_settings=inversion,
                     variants=variants,
                     error=error,
-                    stored_inversion=stored.get(key, inv_id),
+                    stored_inversion=stored.get(key, inv_id) if not error else None,
                     backbone=backbone,
                     model=model,
                     weights=weights,

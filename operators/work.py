@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.inversion import Inversion
 from anyv2v_batch.job import EditorSpec, JobSpec, VariantSpec
 from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings
+from anyv2v_batch.templates import TemplateError, fill, template_fields
 
 
 @dataclass
@@ -88,18 +88,20 @@ def derive_seed(base: int, key: str, variant: str) -> int:
 
 
 def render(template: str, meta: dict[str, Any], what: str, key: str) -> str:
-    """Fill `{field}` placeholders from the sample's metadata, with a one-line error if one is missing."""
-    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    """Fill `{field}` placeholders from the sample's metadata, with a one-line error naming the field that
+    is missing or not a plain name (no attribute / index access, conversion or format spec: see templates.py)."""
+    try:
+        fields = template_fields(template)
+    except TemplateError as e:
+        raise AnyV2VError(f"{what} {e}") from None
     missing = [f for f in fields if f not in meta]
-    if "" in fields or any(not f.isidentifier() for f in fields if f):
-        raise AnyV2VError(f"{what} template {template!r} may only use named fields like {{caption}}")
     if missing:
         have = ", ".join(sorted(meta)) or "none"
         raise AnyV2VError(
             f"{what} template needs {{{missing[0]}}}, but sample {key!r} has no {missing[0]!r} in its metadata "
             f"(it has: {have})"
         )
-    return template.format_map({k: meta[k] for k in fields})
+    return fill(template, meta)
 
 
 def variant_for_sample(spec: VariantSpec, key: str, meta: dict[str, Any]) -> VariantWork:

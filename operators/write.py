@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anyv2v_batch.operators.encode import PairResult
-from anyv2v_batch.operators.read_shards import split_member
+from anyv2v_batch.operators.read_shards import printable_key, split_member, unsafe_key_reason
 from anyv2v_batch.operators.storage import atomic_output, atomic_write, filesystem, join, list_files, remove
 from anyv2v_batch.operators.work import pair_id
 
@@ -33,6 +33,11 @@ ROW_SUFFIX = "row.json"  # the metadata row inside a part; never copied into a s
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # keys are checked when shards are read (read_shards.unsafe_key_reason); this is the last line
+    # against a tar-slip member (absolute, '..', unprintable) in anything we write
+    reason = unsafe_key_reason(name)
+    if reason:
+        raise ValueError(f"refusing to write tar member '{printable_key(name)}': {reason}")
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644
     info.uid = info.gid = 0
@@ -46,7 +51,8 @@ def part_bytes(pair: PairResult) -> bytes:
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for ext in sorted(pair.files):
             _add(tar, f"{base}.{ext}", pair.files[ext])
-        _add(tar, f"{base}.{ROW_SUFFIX}", json.dumps(pair.row, sort_keys=True).encode())
+        # named by the pair, not the key: an error row's key may be a rendering of an unsafe key
+        _add(tar, f"{pair_id(pair.key, pair.variant)}.{ROW_SUFFIX}", json.dumps(pair.row, sort_keys=True).encode())
     return buffer.getvalue()
 
 

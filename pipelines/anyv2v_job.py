@@ -113,7 +113,10 @@ def check_job(job: JobSpec) -> None:
     from anyv2v_batch.editors import editor_class
 
     for v in job.variants:
-        editor_class(v.editor.name)
+        try:
+            editor_class(v.editor.name).check_options(v.editor.options)
+        except AnyV2VError as e:
+            raise AnyV2VError(f"variant {v.name!r}: {e}") from None
     for what, where in (("output", job.output), ("inversions store", job.inversions)):
         if where and any(where.rstrip("/") == pattern.rstrip("/") for pattern in job.input):
             raise AnyV2VError(f"{what} is the same as an input; choose another location")

@@ -43,3 +43,47 @@ def read_tar(path: Path) -> dict[str, bytes]:
 
 def image(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+# ---- hostile shards: tars made wrong on purpose
+
+
+def tar_bytes(members: list[tuple[str | tarfile.TarInfo, bytes]], format: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar in memory. A member given as a TarInfo keeps its own headers (e.g. a PAX path with a NUL);
+    names may hold surrogate-escaped bytes (written as the raw, non-UTF-8 bytes)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=format, encoding="utf-8", errors="surrogateescape") as tar:
+        for name, data in members:
+            info = name if isinstance(name, tarfile.TarInfo) else tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def header_offsets(data: bytes) -> dict[str, int]:
+    """Member name -> offset of its (last, ustar) header block in the tar bytes."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: m.offset_data - tarfile.BLOCKSIZE for m in tar.getmembers()}
+
+
+def patch_size(data: bytes, header: int, size: int) -> bytes:
+    """The tar with the header block at `header` claiming `size` bytes (checksum fixed, so it parses)."""
+    block = bytearray(data[header : header + tarfile.BLOCKSIZE])
+    block[124:136] = b"%011o\0" % size
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return data[:header] + bytes(block) + data[header + tarfile.BLOCKSIZE :]
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid black 1-bit PNG of width x height: a few KB that decode to width * height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row, compress = b"\0" * (1 + (width + 7) // 8), zlib.compressobj(9)
+    idat = b"".join(compress.compress(row) for _ in range(height)) + compress.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

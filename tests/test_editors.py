@@ -120,8 +120,10 @@ def test_provided_frames_from_option_sample_or_metadata(tmp_path):
     (tmp_path / "e.png").write_bytes(encode_png(edited))
     assert np.array_equal(editor.edit(FRAME, {"image": str(tmp_path / "e.png")}, SampleContext()), edited)
     assert np.array_equal(editor.edit(FRAME, {}, SampleContext("k", files={"edited.png": encode_png(edited)})), edited)
-    meta = {"edited_first_frame": str(tmp_path / "e.png")}
-    assert np.array_equal(editor.edit(FRAME, {}, SampleContext("k", meta=meta)), edited)
+    meta = {"edited_first_frame": str(tmp_path / "e.png")}  # a metadata path: only under allowed_roots
+    assert np.array_equal(editor.edit(FRAME, {"allowed_roots": [str(tmp_path)]}, SampleContext("k", meta=meta)), edited)
+    with pytest.raises(AnyV2VError, match="not under the editor option allowed_roots"):
+        editor.edit(FRAME, {}, SampleContext("k", meta=meta))
     with pytest.raises(AnyV2VError, match="has no edited first frame"):
         editor.edit(FRAME, {}, SampleContext("k"))
 

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..video_io import MAX_IMAGE_PIXELS
+
 
 @dataclass
 class SampleContext:
@@ -22,6 +24,7 @@ class SampleContext:
     meta: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes, e.g. "edited.png"
     seed: int = 42  # the variant's seed for this sample, for editors that sample
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # the job's limits.max_image_pixels, for images the sample brings
 
 
 class FirstFrameEditor(ABC):
@@ -38,6 +41,11 @@ class FirstFrameEditor(ABC):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.load_options = load_options
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Refuse malformed options before any work (AnyV2VError naming the option); called by `run`."""
+        return None
 
     @abstractmethod
     def edit(self, frame: np.ndarray, options: dict[str, Any], sample: SampleContext) -> np.ndarray:

@@ -19,7 +19,7 @@ from ..errors import AnyV2VError
 from ..imaging import fit_frame
 from ..loading import hub_offline
 from .base import FirstFrameEditor, SampleContext
-from .provided import read_image_url
+from .provided import ALLOWED_ROOTS_HELP, allowed_roots, read_image_url, read_metadata_image
 from .vgg19 import WEIGHTS_URL, VGG19Features
 
 CONTENT_LAYERS = ("relu4_2",)
@@ -65,10 +65,15 @@ class StyleTransferEditor(FirstFrameEditor):
     options = {
         "style": "path or URL of the style image (else the sample's <key>.style.png or metadata `style`)",
         "weights": f"VGG-19 ImageNet checkpoint, a path or URL (default {WEIGHTS_URL})",
+        "allowed_roots": ALLOWED_ROOTS_HELP.replace("metadata path", "metadata `style` path"),
         "steps": "L-BFGS iterations (default 300)",
         "style_weight": "default 1e6",
         "content_weight": "default 1",
     }
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        allowed_roots(options)
 
     def __init__(self, device: str = "auto", dtype: str = "auto", **load_options: Any) -> None:
         super().__init__(device, dtype, **load_options)
@@ -91,12 +96,12 @@ class StyleTransferEditor(FirstFrameEditor):
         from ..video_io import read_image
 
         if options.get("style"):
-            return read_image_url(str(options["style"]))
+            return read_image_url(str(options["style"]), sample.max_image_pixels)
         for ext in STYLE_FILES:
             if ext in sample.files:
-                return read_image(sample.files[ext], name=f"{sample.key}.{ext}")
-        if sample.meta.get("style"):
-            return read_image_url(str(sample.meta["style"]))
+                return read_image(sample.files[ext], name=f"{sample.key}.{ext}", max_pixels=sample.max_image_pixels)
+        if sample.meta.get("style"):  # from the shard: read only under allowed_roots
+            return read_metadata_image("style", options, sample)
         raise AnyV2VError(
             f"style-transfer needs a style image for {sample.key!r}: set the editor option style=PATH, or add "
             f"{sample.key}.style.png to the sample"
