@@ -93,8 +93,9 @@ class Gate:
 
     def hold_second_shard(self, alive) -> dict:
         """Let every sample of the first shard to reach the editor pass; hold the first sample of the other
-        shard. The editor pool is one actor running one batch at a time, so when this returns that actor is
-        blocked on the held sample and every clip of an earlier batch is free to finish. Returns its arrival."""
+        shard. The editor pool is one actor running one task at a time, and a task's clips come from one shard
+        (each shard is read by its own task), so when this returns that actor is blocked on the held sample
+        and the clips of its earlier tasks are free to finish. Returns the held sample's arrival."""
         seen: set[str] = set()
         first_shard = None
         deadline = time.monotonic() + PATIENCE_S
