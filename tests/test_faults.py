@@ -1,6 +1,12 @@
 """Faults on a multi-node Ray cluster on this machine (a head and two worker nodes, `ray.cluster_utils`):
 an actor killed mid-job, a node removed mid-job, the driver killed and the job rerun. In each case
-every (clip, variant) ends in the output exactly once, with the same bytes as an undisturbed run."""
+every (clip, variant) ends in the output exactly once, with the same bytes as an undisturbed run.
+
+No fault waits on the clock. Every job here edits its first frames with the `gate` editor, a plug-in
+installed for these tests: it returns the sample's own `<key>.edited.png` (as `provided` does), but
+first reports its arrival (key, pid, node) in a folder and waits there until the test lets it pass.
+The test holds the job at a known point (one input shard past the editor, the first sample of the
+other blocked in the editor actor), does the fault there, and then opens the gate."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -21,22 +28,160 @@ from conftest import TINY_MODEL, moving_clip
 from shards import mp4, png, read_tar, recolor, write_shard
 
 from anyv2v_batch.job import load_job
+from anyv2v_batch.operators.write import read_part
 
 CLIPS_PER_SHARD, SHARDS = 4, 2
+EXPECTED_ROWS = sorted(
+    (f"clip{s}{c}", v, "ok") for s in range(SHARDS) for c in range(CLIPS_PER_SHARD) for v in ("plain", "snow")
+)
+# how long an awaited event may take before the test gives up (a guard against hanging, not a timing)
+PATIENCE_S = 600
+
+GATE_PLUGIN = '''
+import json
+import os
+import time
+from pathlib import Path
+
+import ray
+
+from anyv2v_batch.editors.provided import ProvidedEditor
+
+
+class GateEditor(ProvidedEditor):
+    """`provided`, after reporting at the gate folder and waiting there until the test lets the sample pass."""
+
+    name = "gate"
+    description = "provided, held at a gate the test opens (fault tests)"
+    options = {"dir": "the gate folder"}
+
+    def edit(self, frame, options, sample):
+        gate = Path(options["dir"])
+        arrival = {"key": sample.key, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+        name = f"arrived-{sample.key}-{os.getpid()}"
+        (gate / f".{name}").write_text(json.dumps(arrival))
+        os.replace(gate / f".{name}", gate / name)  # whole, or not there
+        while not ((gate / "open").exists() or (gate / f"pass-{sample.key}").exists()):
+            time.sleep(0.02)  # waits for the test's file, however long that takes
+        return super().edit(frame, options, sample)
+'''
+
+
+# --- the gate: the test's side ---------------------------------------------------------------------
+
+
+class Gate:
+    """The folder the gate editor reports to: who arrived where, and what may pass."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def close(self) -> None:
+        """A fresh gate: nothing has arrived, nothing may pass."""
+        for f in self.folder.iterdir():
+            f.unlink()
+
+    def open(self) -> None:
+        (self.folder / "open").touch()
+
+    def let_pass(self, key: str) -> None:
+        (self.folder / f"pass-{key}").touch()
+
+    def arrivals(self) -> dict[str, dict]:
+        """Arrival file name -> {key, pid, node}: one per (sample, actor process) that reached the gate."""
+        return {f.name: json.loads(f.read_text()) for f in self.folder.glob("arrived-*")}
+
+    def hold_second_shard(self, alive) -> dict:
+        """Let every sample of the first shard to reach the editor pass; hold the first sample of the other
+        shard. The editor pool is one actor running one task at a time, and a task's clips come from one shard
+        (each shard is read by its own task), so when this returns that actor is blocked on the held sample
+        and the clips of its earlier tasks are free to finish. Returns the held sample's arrival."""
+        seen: set[str] = set()
+        first_shard = None
+        deadline = time.monotonic() + PATIENCE_S
+        while time.monotonic() < deadline:
+            for name, arrival in sorted(self.arrivals().items()):
+                if name in seen:
+                    continue
+                seen.add(name)
+                first_shard = first_shard or shard_of(arrival["key"])
+                if shard_of(arrival["key"]) != first_shard:
+                    return arrival
+                self.let_pass(arrival["key"])
+            assert alive(), "the job ended before it reached the gate"
+            time.sleep(0.02)
+        raise AssertionError("no sample of the second shard reached the gate")
+
+
+def shard_of(key: str) -> str:
+    return key[len("clip")]  # clip<shard><clip>
+
+
+def wait_until(condition, alive, what: str) -> None:
+    deadline = time.monotonic() + PATIENCE_S
+    while not condition():
+        assert alive(), f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+# --- cluster, inputs, jobs, outputs -----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def plugin_site(tmp_path_factory):
+    """The gate editor installed as a package with an entry point, on the path of this process, the
+    cluster's processes and any driver the tests start."""
+    pkg = tmp_path_factory.mktemp("gate-src")
+    (pkg / "anyv2v_gate_editor.py").write_text(GATE_PLUGIN)
+    (pkg / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "anyv2v-gate-editor"
+        version = "0.1"
+        [project.entry-points."anyv2v_batch.editors"]
+        gate = "anyv2v_gate_editor:GateEditor"
+        [tool.setuptools]
+        py-modules = ["anyv2v_gate_editor"]
+    '''))  # fmt: skip
+    site = tmp_path_factory.mktemp("gate-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(site), str(pkg)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    old_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *([old_path] if old_path else [])])
+    sys.path.insert(0, str(site))
+    yield site
+    sys.path.remove(str(site))
+    if old_path is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = old_path
+
+
+@pytest.fixture(scope="module")
+def cluster(plugin_site):
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    # the head runs no work, so whatever a test finds running is on a worker node it may remove; each
+    # worker alone still fits every actor of the job
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=3) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
     yield cluster, workers
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    return Gate(tmp_path_factory.mktemp("gate"))
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +197,14 @@ def inputs(tmp_path_factory):
     return root
 
 
-def job_yaml(root: Path, out: str, address: str | None = None) -> Path:
+def job_yaml(root: Path, out: str, gate: Gate, address: str | None = None) -> Path:
     job = {
         "input": str(root / "in" / "*.tar"), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
         "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 25}, "edit": {"steps": 5},
+        "editor": {"name": "gate", "options": {"dir": str(gate.folder)}},
         "variants": [{"name": "plain", "prompt": "{caption}"}, {"name": "snow", "prompt": "{caption}, snow"}],
         "pools": {
-            "decode": {"num_cpus": 0.5}, "encode": {"num_cpus": 0.5}, "editor": {"num_cpus": 0.5},
+            "decode": {"num_cpus": 0.5}, "encode": {"num_cpus": 0.5}, "editor": {"num_cpus": 0.5, "size": 1},
             "inversion": {"num_cpus": 0.5, "size": 2}, "sampler": {"num_cpus": 0.5, "size": 2},
         },
     }  # fmt: skip
@@ -77,20 +223,8 @@ def outputs(root: Path, out: str) -> tuple[dict[str, bytes], list[tuple[str, str
     return files, rows
 
 
-EXPECTED_ROWS = sorted(
-    (f"clip{s}{c}", v, "ok") for s in range(SHARDS) for c in range(CLIPS_PER_SHARD) for v in ("plain", "snow")
-)
-
-
-@pytest.fixture(scope="module")
-def undisturbed(cluster, inputs):
-    from anyv2v_batch.pipelines.anyv2v_job import run_job
-
-    summary = run_job(load_job(job_yaml(inputs, "base")))
-    assert summary.ok == len(EXPECTED_ROWS)
-    files, rows = outputs(inputs, "base")
-    assert rows == EXPECTED_ROWS and len(files) == 3 * len(EXPECTED_ROWS)
-    return files
+def parts(root: Path, out: str) -> list[Path]:
+    return list((root / out / "_parts").rglob("*.tar"))
 
 
 def run_in_background(job_path: Path):
@@ -109,80 +243,89 @@ def run_in_background(job_path: Path):
     return thread, result
 
 
-def wait_for_parts(root: Path, out: str, alive=lambda: True, timeout: float = 240) -> None:
-    """Until the job has written its first pair (and so is well under way)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if list((root / out / "_parts").rglob("*.tar")):
-            return
-        assert alive(), "the job ended before it was disturbed"
-        time.sleep(0.1)
-    raise AssertionError("the job made no progress")
-
-
-def pids_of(class_fragment: str) -> list[int]:
-    """Processes of live Ray actors of a class (Ray titles an actor's process `ray::<class>...`)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            title = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if proc.name.isdigit() and title.startswith("ray::") and class_fragment in title:
-            pids.append(int(proc.name))
-    return pids
-
-
-def test_an_actor_killed_mid_job_is_restarted_and_its_work_redone(inputs, undisturbed):
-    thread, result = run_in_background(job_yaml(inputs, "killed-actor"))
-    wait_for_parts(inputs, "killed-actor", lambda: thread.is_alive() or result)
-    # a sampler actor (or, if sampling already drained, an inversion actor) of the running job
-    victims = pids_of("SamplerPool") or pids_of("InversionPool")
-    assert victims and thread.is_alive()
-    os.kill(victims[0], signal.SIGKILL)
-    thread.join(timeout=600)
+def finish(thread: threading.Thread, result: dict) -> None:
+    thread.join(timeout=PATIENCE_S)
+    assert not thread.is_alive(), "the job did not finish"
     assert "error" not in result, result.get("error")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster, inputs, gate):
+    from anyv2v_batch.pipelines.anyv2v_job import run_job
+
+    gate.close()
+    gate.open()
+    summary = run_job(load_job(job_yaml(inputs, "base", gate)))
+    assert summary.ok == len(EXPECTED_ROWS)
+    files, rows = outputs(inputs, "base")
+    assert rows == EXPECTED_ROWS and len(files) == 3 * len(EXPECTED_ROWS)
+    return files
+
+
+# --- one test per fault -----------------------------------------------------------------------------
+
+
+def test_an_actor_killed_mid_job_is_restarted_and_its_work_redone(inputs, gate, undisturbed):
+    gate.close()
+    thread, result = run_in_background(job_yaml(inputs, "killed-actor", gate))
+    try:
+        held = gate.hold_second_shard(thread.is_alive)
+        os.kill(held["pid"], signal.SIGKILL)  # the editor actor, blocked on a sample it has not edited
+    finally:
+        gate.open()
+    finish(thread, result)
     files, rows = outputs(inputs, "killed-actor")
     assert rows == EXPECTED_ROWS
     assert files == undisturbed
+    redone_by = {a["pid"] for a in gate.arrivals().values() if a["key"] == held["key"]} - {held["pid"]}
+    assert redone_by, "the held sample was not edited again by a restarted actor"
 
 
-def test_a_node_removed_mid_job(cluster, inputs, undisturbed):
-    import ray
-
+def test_a_node_removed_mid_job(cluster, inputs, gate, undisturbed):
     c, workers = cluster
-    driver_node = ray.get_runtime_context().get_node_id()
-    victim = next(i for i, w in enumerate(workers) if w.node_id != driver_node)  # not the driver's own node
-    thread, result = run_in_background(job_yaml(inputs, "lost-node"))
-    wait_for_parts(inputs, "lost-node", lambda: thread.is_alive() or result)
-    c.remove_node(workers[victim])
+    gate.close()
+    thread, result = run_in_background(job_yaml(inputs, "lost-node", gate))
     try:
-        thread.join(timeout=600)
-        assert "error" not in result, result.get("error")
-        files, rows = outputs(inputs, "lost-node")
-        assert rows == EXPECTED_ROWS
-        assert files == undisturbed
+        held = gate.hold_second_shard(thread.is_alive)
+        # the node of the editor actor blocked in the gate; never the head, which has no CPU for it
+        victim = next(i for i, w in enumerate(workers) if w.node_id == held["node"])
+        c.remove_node(workers[victim])
+        workers[victim] = None
     finally:
-        workers[victim] = c.add_node(num_cpus=2)
+        gate.open()
+    try:
+        finish(thread, result)
+    finally:  # the next test gets two worker nodes again
+        workers[:] = [w or c.add_node(num_cpus=3) for w in workers]
         c.wait_for_nodes()
+    files, rows = outputs(inputs, "lost-node")
+    assert rows == EXPECTED_ROWS
+    assert files == undisturbed
+    redone_on = {a["node"] for a in gate.arrivals().values() if a["key"] == held["key"]} - {held["node"]}
+    assert redone_on, "the held sample was not edited again on another node"
 
 
-def test_the_driver_killed_and_the_job_rerun(cluster, inputs, undisturbed):
+def test_the_driver_killed_and_the_job_rerun(cluster, inputs, gate, undisturbed):
     c, _ = cluster
-    path = job_yaml(inputs, "killed-driver", address=c.address)
+    gate.close()
+    path = job_yaml(inputs, "killed-driver", gate, address=c.address)
     command = [sys.executable, "-m", "anyv2v_batch.cli", "run", str(path), "-q"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    alive = lambda: driver.poll() is None  # noqa: E731
     try:
-        wait_for_parts(inputs, "killed-driver", lambda: driver.poll() is None)
+        held = gate.hold_second_shard(alive)
+        wait_until(lambda: parts(inputs, "killed-driver"), alive, "a pair of the first shard was written")
     finally:
         driver.kill()
         driver.wait()
-    parts = list((inputs / "killed-driver" / "_parts").rglob("*.tar"))
-    assert 1 <= len(parts) < len(EXPECTED_ROWS) and not (inputs / "killed-driver" / "metadata").exists()
-    rerun = subprocess.run(command[:-1], capture_output=True, text=True, timeout=600)
+        gate.open()
+    left = parts(inputs, "killed-driver")
+    assert not (inputs / "killed-driver" / "metadata").exists()
+    assert held["key"] not in {read_part(str(p))[0]["key"] for p in left}  # the held clip was not done
+    rerun = subprocess.run(command[:-1], capture_output=True, text=True, timeout=PATIENCE_S)
     assert rerun.returncode == 0, rerun.stderr
     done_before = int(re.search(r"(\d+) \(clip, variant\) pairs already done", rerun.stderr).group(1))
-    assert done_before >= 1  # the rerun resumed from the parts the killed driver left
+    assert len(left) <= done_before < len(EXPECTED_ROWS)  # the rerun resumed from the parts the driver left
     files, rows = outputs(inputs, "killed-driver")
     assert rows == EXPECTED_ROWS
     assert files == undisturbed
