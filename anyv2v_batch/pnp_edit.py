@@ -137,7 +137,10 @@ def check_edit_settings(
     the backbone has, and whether the inversion stores every latent the edit reads (the model's
     scheduler config is all that is read)."""
     check_injection_kinds(backbone_cls, settings)
-    schedule = backbone_cls.schedule_class.from_model(model or backbone_cls.default_model)
+    try:
+        schedule = backbone_cls.schedule_class.from_model(model or backbone_cls.default_model)
+    except AnyV2VError:
+        return  # no config to plan from (weights missing): loading the model says what is missing, in one line
     check_step_plan(schedule, settings, inversion_settings)
 
 

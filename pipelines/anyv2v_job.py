@@ -269,10 +269,10 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None, mode: str
 
     started = time.perf_counter()
     check_job(job)
+    check_models(job)
     output = job_output(job, mode)
     shards = input_shards(job)  # bad inputs fail here, before anything is written
     check_writable(output, "output" if mode == "edit" else "inversions store")
-    check_models(job)
     job = job_fingerprints(job)
     with OutputLock(output):
         return _run_locked(job, shards, output, log, mode, started)

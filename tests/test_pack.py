@@ -119,7 +119,7 @@ def test_pack_writes_exact_members_and_reports_skips(tmp_path, capsys):
     assert json.loads(s0["Man_Walking__turn_him_into_an_astronaut.json"])["caption"] == "an astronaut walking"
     assert json.loads(s1["clip_b.json"])["caption"] == "a bus in the rain"
     # the job's reader sees the same samples
-    read = {k: f for k, f in iter_samples(str(tmp_path / "shards" / "000000.tar"))}
+    read = {sample.key: sample.files for sample in iter_samples(str(tmp_path / "shards" / "000000.tar"))}
     assert list(read) == KEYS[:3] and set(read["clip_a"]) == {"edited.png", "json", "mp4"}
     assert sample_metadata("clip_a", read["clip_a"])["caption"] == "a red car"
     with tarfile.open(tmp_path / "shards" / "000000.tar") as tar:  # fixed member metadata
