@@ -119,6 +119,8 @@ def edit(
     ] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (pays off on long runs).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Score the output and print the scores.")] = False,
+    evaluate_model: Annotated[str | None, typer.Option(help=EVALUATE_MODEL_HELP)] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
@@ -165,6 +167,12 @@ def edit(
     quiet_libraries()
     backbone_cls.check_settings(model, clip_settings)  # from the configs, before any work
     check_edit_settings(backbone_cls, model, edit_settings, inv_settings)
+    scorer = None
+    if evaluate:  # loaded first: missing scorer weights fail before the long work
+        from .evaluation import DEFAULT_SCORER_MODEL
+        from .scores import Scorer
+
+        scorer = Scorer(evaluate_model or DEFAULT_SCORER_MODEL, device=device, dtype="float32")
     _say(quiet, f"loading {backbone} from {model or backbone_cls.default_model}")
     bb = load_backbone(backbone, model, device=device, dtype=dtype, variant=variant)
     bb.check_clip(clip_settings)
@@ -190,6 +198,11 @@ def edit(
         f"wrote {output} ({frames} frames, {width}x{height}, {fps:g} fps): inversion {t1 - t0:.1f} s, "
         f"edit {t2 - t1:.1f} s, total {time.perf_counter() - started:.1f} s",
     )
+    if scorer is not None:  # the clip as written: an .mp4 is scored as a reader decodes it
+        written = read_source(output, frames, fps, width, height, resize).frames if output.suffix else result.frames
+        scores = scorer.score(written, clip.frames, edited, edit_settings.prompt)
+        for name, value in scores.items():
+            typer.echo(f"{name}\t{value:.6f}")
 
 
 def _editor_options(
@@ -346,7 +359,10 @@ RUN_FLAGS = {
     "model": "model", "device": "device", "dtype": "dtype", "address": "ray.address", "inversions": "inversions",
     "inversion_save_steps": "inversion.save_steps", "pnp_cross": "edit.pnp_cross",
     "fix_source_frame": "edit.fix_source_frame", "redo_changed": "redo_changed",
+    "evaluate": "evaluate.mode", "evaluate_model": "evaluate.model",
 }  # fmt: skip
+EVALUATE_HELP = "Score every output (evaluate: in the job; thresholds and mode by --set evaluate.*)."
+EVALUATE_MODEL_HELP = "CLIP model that scores: hub id or local folder [default: openai/clip-vit-large-patch14]."
 
 
 @app.command()
@@ -396,6 +412,8 @@ def run(
             "--redo-changed", help="Recompute and replace outputs a variant made with other settings (else refused)."
         ),
     ] = None,
+    evaluate: Annotated[bool | None, typer.Option("--evaluate", help=EVALUATE_HELP)] = None,
+    evaluate_model: Annotated[str | None, typer.Option(help=EVALUATE_MODEL_HELP)] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any job field: PATH=VALUE, e.g. pools.sampler.size=4.")
     ] = None,
@@ -420,6 +438,8 @@ def _job_command(mode: str, *, job_file, input, set_, editor_option, quiet, debu
     overrides: dict = parse_set(set_ or [])
     overrides |= {f"editor.options.{k}": v for k, v in parse_set(editor_option or [], "--editor-option").items()}
     overrides |= {RUN_FLAGS[k]: v for k, v in flags.items() if v is not None}
+    if flags.get("evaluate"):  # on, in the job's mode (or flag with thresholds, else score), unless --set says
+        overrides["evaluate.mode"] = parse_set(set_ or []).get("evaluate.mode", "on")
     if input:
         overrides["input"] = list(input)
     job = load_job(job_file, overrides, mode)
@@ -430,6 +450,43 @@ def _job_command(mode: str, *, job_file, input, set_, editor_option, quiet, debu
     for example in summary.error_examples:
         _say(quiet, f"  error: {example}")
     _say(quiet, summary.utilisation_line())
+    _say(quiet, summary.line())
+
+
+@app.command()
+def score(
+    output: Annotated[str, typer.Argument(help="An output folder or URL that `run` wrote.")],
+    job_file: Annotated[
+        Path | None, typer.Option("--job", help="Job file: its `evaluate:` and `pools:` apply; flags override.")
+    ] = None,
+    evaluate_model: Annotated[str | None, typer.Option(help=EVALUATE_MODEL_HELP)] = None,
+    sources: Annotated[
+        list[str] | None,
+        typer.Option("--sources", help="Where the source shards are now, if moved (matched by file name; repeatable)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="evaluate.* or pools.scorer.* field: PATH=VALUE, e.g. evaluate.mode=route."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Score (or rescore, with another model or thresholds) an existing output in place: new score columns,
+    pairs re-routed per shard, atomically and resumably; no clip is made again."""
+    _DEBUG["on"] = debug
+    from .job import load_job, parse_set
+
+    overrides: dict = parse_set(set_ or [])
+    overrides.setdefault("evaluate.mode", "on")
+    given = {"evaluate.model": evaluate_model, "device": device, "ray.address": address, "output": output}
+    overrides |= {k: v for k, v in given.items() if v is not None}
+    job = load_job(job_file, overrides, mode="score")
+
+    from .pipelines.score_job import run_score
+
+    summary = run_score(job, log=lambda m: _say(quiet, m), sources=tuple(sources or ()))
     _say(quiet, summary.line())
 
 

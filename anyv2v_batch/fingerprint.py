@@ -22,10 +22,10 @@ from typing import Any
 from anyv2v_batch.job import JobSpec, VariantSpec
 
 
-def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
+def flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict) and value:
         for k in sorted(value):
-            _flat(f"{prefix}.{k}", value[k], out)
+            flat(f"{prefix}.{k}", value[k], out)
     else:
         out[prefix] = json.loads(json.dumps(value, default=str))  # plain JSON values only
 
@@ -45,11 +45,11 @@ def variant_fields(job: JobSpec, variant: VariantSpec, model: str, weights: str)
         "edit_prompt": variant.edit_prompt,
         "editor.name": variant.editor.name,
     }
-    _flat("editor.options", dict(variant.editor.options), fields)
+    flat("editor.options", dict(variant.editor.options), fields)
     for section, settings in (("clip", variant.clip), ("inversion", variant.inversion), ("edit", edit)):
         values = settings if isinstance(settings, dict) else dataclasses.asdict(settings)
         for k in sorted(values):
-            _flat(f"{section}.{k}", values[k], fields)
+            flat(f"{section}.{k}", values[k], fields)
     return fields
 
 
@@ -74,6 +74,7 @@ def job_fingerprints(job: JobSpec) -> JobSpec:
     """The job with each variant's fingerprint and fields (`job.fingerprints`) and each model's weights
     identity (`job.weights`), computed once in the driver."""
     from anyv2v_batch.backbones import backbone_class
+    from anyv2v_batch.evaluation import scoring_identity
     from anyv2v_batch.loading import weights_identity
 
     weights: dict[str, str] = {}
@@ -85,4 +86,4 @@ def job_fingerprints(job: JobSpec) -> JobSpec:
             weights[key] = weights_identity(model)
         fields = variant_fields(job, v, model, weights[key])
         prints[v.name] = (fingerprint(fields), json.dumps(fields, sort_keys=True))
-    return dataclasses.replace(job, fingerprints=prints, weights=weights)
+    return dataclasses.replace(job, fingerprints=prints, weights=weights, scoring=scoring_identity(job.evaluate))

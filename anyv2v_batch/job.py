@@ -19,13 +19,14 @@ from typing import Any
 import yaml
 
 from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.evaluation import EvaluateSettings, parse_thresholds
 from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings, SettingError, backbone_defaults
 from anyv2v_batch.templates import TemplateError, template_fields
 from anyv2v_batch.video_io import MAX_IMAGE_PIXELS
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 SECTIONS = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings}
-POOLS = ("decode", "editor", "inversion", "sampler", "encode")
+POOLS = ("decode", "editor", "inversion", "sampler", "scorer", "encode")
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,13 @@ class JobSpec:
     # a rerun recomputes (and replaces) pairs made with other settings instead of refusing
     redo_changed: bool = False
     limits: Limits = field(default_factory=Limits)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)  # quality scores (evaluation.py)
     source: str = "job"  # the file (or "command line") the job came from, for messages
     # filled in by the driver before work (fingerprint.job_fingerprints): variant name -> (fingerprint,
     # its fields as JSON), and "backbone:model" -> weights identity
     fingerprints: dict[str, tuple[str, str]] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
+    scoring: tuple[str, str] = ("", "")  # (evaluate fingerprint, what scores: JSON), evaluation.scoring_identity
 
     def pool(self, name: str) -> PoolSpec:
         return self.pools.get(name, PoolSpec())
@@ -115,7 +118,7 @@ class JobSpec:
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
     "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
-    "inversions", "store_all_timesteps", "redo_changed", "limits",
+    "inversions", "store_all_timesteps", "redo_changed", "limits", "evaluate",
 }  # fmt: skip
 VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed", "backbone", "model"}
 
@@ -226,6 +229,30 @@ def _limits(where: str, raw: Any) -> Limits:
     return Limits(**values)
 
 
+def _evaluate(where: str, raw: Any, file_mode: Any) -> EvaluateSettings:
+    raw = dict(_mapping(where, "evaluate", raw))
+    names = {"mode", "model", "aesthetic", "dtype", "thresholds"}
+    for key in raw:
+        if key not in names:
+            raise _unknown(where, "evaluate", key, names)
+    try:
+        thresholds = parse_thresholds(raw.get("thresholds"))
+    except AnyV2VError as e:
+        raise _fail(where, "", str(e)) from None
+    mode = raw.get("mode", "off")
+    if mode == "on":  # --evaluate: the job file's mode, else flag when there are thresholds, else score
+        mode = file_mode if file_mode not in (None, "off", "on") else ("flag" if thresholds else "score")
+    base = EvaluateSettings()
+    values = {k: _coerce(where, f"evaluate.{k}", raw[k], getattr(base, k)) for k in ("model", "dtype") if k in raw}
+    if raw.get("aesthetic") is not None:
+        values["aesthetic"] = _coerce(where, "evaluate.aesthetic", raw["aesthetic"], "") or None
+    settings = EvaluateSettings(mode=_coerce(where, "evaluate.mode", mode, ""), thresholds=thresholds, **values)
+    try:
+        return settings.validate()
+    except AnyV2VError as e:
+        raise _fail(where, "", str(e)) from None
+
+
 def _template(where: str, path: str, template: str) -> str:
     """A prompt template is checked here, before any work: plain `{field}` names only."""
     try:
@@ -256,17 +283,23 @@ def set_path(raw: dict, dotted: str, value: Any) -> None:
 def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = None, mode: str = "edit") -> JobSpec:
     """Validate a parsed job (plus command-line overrides, which win everywhere) into a JobSpec.
 
-    mode "invert": the job writes only its `inversions` store, so that is required and `output` is not."""
+    mode "invert": the job writes only its `inversions` store, so that is required and `output` is not.
+    mode "score": the job scores its existing `output`; `input` and `variants` play no part."""
     raw = dict(_mapping(where, "", raw))
     overrides = overrides or {}
     if isinstance(raw.get("editor"), str):
         raw["editor"] = {"name": raw["editor"]}
+    file_evaluate = raw.get("evaluate")
+    file_mode = file_evaluate.get("mode") if isinstance(file_evaluate, dict) else None
     for dotted, value in overrides.items():
         set_path(raw, dotted, value)
     for key in raw:
         if key not in TOP_LEVEL:
             raise _unknown(where, "", key, TOP_LEVEL)
-    if "input" not in raw:
+    if mode == "score":  # scores an existing output: its rows name their sources
+        raw.setdefault("input", [])
+        raw.pop("variants", None)
+    elif "input" not in raw:
         raise _fail(where, "input", "is missing: give shard paths or patterns (or --input)")
     if mode == "invert":
         if not isinstance(raw.get("inversions"), str) or not raw["inversions"]:
@@ -374,7 +407,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         if raw.get(key) is not None:
             optional[key] = _coerce(where, key, raw[key], "")
     return JobSpec(
-        input=_as_list(where, "input", raw["input"]),
+        input=_as_list(where, "input", raw["input"]) if raw["input"] or mode != "score" else (),
         output=raw["output"],
         variants=tuple(variants),
         backbone=job_backbone,
@@ -389,6 +422,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         store_all_timesteps=_coerce(where, "store_all_timesteps", raw.get("store_all_timesteps", False), False),
         redo_changed=_coerce(where, "redo_changed", raw.get("redo_changed", False), False),
         limits=_limits(where, raw.get("limits")),
+        evaluate=_evaluate(where, raw.get("evaluate"), file_mode),
         source=where,
         **optional,
     )

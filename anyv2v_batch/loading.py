@@ -127,18 +127,23 @@ def quiet_libraries() -> None:
 
 
 def weights_identity(model: str) -> str:
-    """What identifies the weights a model id names, cheaply: for a local folder a digest of every file's
+    """What identifies the weights a model id names, cheaply: for a local folder (or file) a digest of every file's
     path, size and first and last MiB (any retraining or swap changes it; hashing gigabytes whole would
     cost minutes per run); for a hub id the id itself (pin a local folder to have its content checked)."""
     import hashlib
 
     folder = Path(model).expanduser()
-    if not folder.is_dir():
+    if folder.is_file():  # one weights file (e.g. an aesthetic head): the same digest over that file
+        files, kind = [folder], "file"
+    elif folder.is_dir():
+        files, kind = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")), "folder"
+    else:
         return f"hub:{model}"
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in files:
         size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        name = path.name if kind == "file" else path.relative_to(folder).as_posix()
+        digest.update(f"{name}\0{size}\0".encode())
         with path.open("rb") as f:
             if size <= 2 << 20:
                 digest.update(f.read())
@@ -146,4 +151,4 @@ def weights_identity(model: str) -> str:
                 digest.update(f.read(1 << 20))
                 f.seek(-(1 << 20), os.SEEK_END)
                 digest.update(f.read())
-    return f"folder:{digest.hexdigest()[:16]}"
+    return f"{kind}:{digest.hexdigest()[:16]}"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from anyv2v_batch import __version__
+from anyv2v_batch.evaluation import SCORE_COLUMNS
 from anyv2v_batch.inversion import inversion_to_bytes
 from anyv2v_batch.job import JobSpec
 from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line, work_inversion_id
@@ -92,10 +93,31 @@ def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str
         "settings_fingerprint": job.fingerprints.get(variant.name, ("", ""))[0],
         "settings_fields": job.fingerprints.get(variant.name, ("", "{}"))[1],
         **{f"seconds_{k}": float(seconds.get(k, 0.0)) for k in STAGES},
+        **score_fields(job, variant, status),
     }
 
 
-STAGES = ("read", "decode", "editor", "inversion", "sampler", "encode")
+STAGES = ("read", "decode", "editor", "inversion", "sampler", "scorer", "encode")
+
+
+def score_fields(job: JobSpec, variant: VariantWork, status: str) -> dict[str, Any]:
+    """The scores, verdict and where the pair's files go (every row has these columns; null when not
+    scored), and what scored it: `evaluate_fingerprint` ("" without scoring) tells a rerun or `score`
+    whether a row's scores are the current settings'."""
+    scored = status == "ok" and job.evaluate.enabled
+    judged = scored and job.evaluate.judges
+    routed = ""
+    if status == "ok":
+        routed = "filtered" if job.evaluate.mode == "route" and variant.passed is False else "shards"
+    return {
+        **{c: (float(variant.scores[c]) if scored and c in variant.scores else None) for c in SCORE_COLUMNS},
+        "passed": variant.passed if judged else None,
+        "failed_checks": list(variant.failed_checks) if judged else None,
+        "score_error": variant.score_error if scored else "",
+        "routed": routed,
+        "scorer": job.scoring[1] if scored else "",
+        "evaluate_fingerprint": job.scoring[0] if status == "ok" else "",
+    }
 
 
 def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
@@ -110,7 +132,7 @@ def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                 record = settings_record(job, work, variant)
                 files = {
                     "json": json.dumps(record, sort_keys=True, indent=1).encode(),
-                    "mp4": encode_mp4(variant.frames, work.clip.fps),
+                    "mp4": variant.mp4 if variant.mp4 is not None else encode_mp4(variant.frames, work.clip.fps),
                     "png": encode_png(variant.first_frame),
                 }
             except Exception as e:  # noqa: BLE001

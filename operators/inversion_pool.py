@@ -25,6 +25,7 @@ class InversionPool:
     def __init__(self, job: JobSpec, num_cpus: float = 1.0, keep_all: bool = False):
         start_worker(num_cpus)
         self.job, self.keep_all = job, keep_all
+        self.keep_frames = job.evaluate.enabled and not keep_all  # the scorer compares output and source
         self.backbones = load_job_backbones(job, compile=job.compile)
 
     def backbone(self, work: ClipWork):
@@ -111,6 +112,7 @@ class InversionPool:
             isolate_failures(group, run, fail)
         seconds = (time.perf_counter() - started) / max(1, len(works))
         for work in works:
-            work.frames = None  # the inversion keeps the first frame; the rest is not needed
+            if not self.keep_frames:  # the inversion keeps the first frame; the rest only the scorer needs
+                work.frames = None
             work.seconds["inversion"] = seconds
         return {"work": works}

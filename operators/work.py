@@ -32,6 +32,12 @@ class VariantWork:
     frames: np.ndarray | None = None  # the edited clip [F, H, W, 3]
     error: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # "score_<metric>" -> value (scorer pool)
+    passed: bool | None = None  # the thresholds' verdict (evaluate mode flag / route)
+    failed_checks: list[str] = field(default_factory=list)
+    score_error: str = ""  # why the pair could not be scored (the pair itself is fine)
+    mp4: bytes | None = None  # the encoded clip, once made (scored as written; encode reuses it)
+    row: dict[str, Any] | None = None  # `anyv2v-batch score`: the pair's existing metadata row
     # False for a variant that is already done but is computed again beside its clip's pending ones,
     # so that every output comes from the same batch composition as in an uninterrupted run
     write: bool = True

@@ -3,6 +3,7 @@
 Layout under the output folder / URL:
 
     shards/<shard>.tar            WebDataset: <key>.<variant>.mp4 / .png / .json for every ok pair
+    filtered/shards/<shard>.tar   the same for ok pairs that failed the thresholds (evaluate mode route)
     metadata/<shard>.parquet      one row per (clip, variant): settings, timings, status, error
     _parts/<shard>/<pair>.tar     a pair finished by a run that has not been compacted yet
 
@@ -24,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anyv2v_batch.evaluation import SCORE_COLUMNS
 from anyv2v_batch.operators.encode import PairResult
 from anyv2v_batch.operators.read_shards import printable_key, split_member, unsafe_key_reason
 from anyv2v_batch.operators.storage import atomic_output, atomic_write, filesystem, join, list_files, remove
@@ -67,6 +69,7 @@ def write_part(row: dict[str, Any], output: str) -> dict[str, Any]:
     return {
         "shard_id": pair.shard_id, "key": pair.key, "variant": pair.variant, "status": pair.status,
         "error": pair.error, "group": pair.group, "seconds": json.dumps(pair.seconds),
+        "passed": pair.row.get("passed"),
     }  # fmt: skip
 
 
@@ -121,8 +124,89 @@ def completed_pairs(output: str, shard_id: str) -> set[str]:
     return {pid for pid, row in finished_rows(output, shard_id).items() if row["status"] == "ok"}
 
 
+ROW_TYPES = {
+    **{c: pa.float32() for c in SCORE_COLUMNS},
+    "passed": pa.bool_(),
+    "failed_checks": pa.list_(pa.string()),
+}  # columns that may be null in every row of a shard, typed so that all shards share one schema
+
+
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The rows as a table with every column any row has (older rows lack newer columns: null there)."""
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    columns = {}
+    for name in names:
+        values = [r.get(name) for r in rows]
+        columns[name] = pa.array(values, type=ROW_TYPES.get(name))
+    return pa.table(columns) if names else pa.table({})
+
+
+def tar_url(output: str, place: str, shard_id: str) -> str:
+    """Where a shard's ok pairs go: `shards/` or, routed aside by the thresholds, `filtered/shards/`."""
+    return join(output, *PLACES[place], f"{shard_id}.tar")
+
+
+PLACES = {"shards": ("shards",), "filtered": ("filtered", "shards")}
+
+
+def place_of(row: dict[str, Any]) -> str | None:
+    """The tar an ok row's files belong in (older rows have no `routed`: shards/)."""
+    return (row.get("routed") or "shards") if row["status"] == "ok" else None
+
+
+class _ShardFiles:
+    """The files of every pair in a shard's current tars, read member by member on demand."""
+
+    def __init__(self, output: str, shard_id: str):
+        self.handles, self.where = [], {}
+        for place in PLACES:
+            fs, path = filesystem(tar_url(output, place, shard_id))
+            if not fs.exists(path):
+                continue
+            f = fs.open(path, "rb")
+            tar = tarfile.open(fileobj=f, mode="r:")
+            self.handles.append((f, tar))
+            for m in tar.getmembers():
+                key, ext = split_member(m.name)
+                pair = (key, ext.split(".")[0])
+                if self.where.setdefault(pair, (place, tar, []))[0] == place:  # in both (a cut move): the first
+                    self.where[pair][2].append(m)
+
+    def place(self, pair: tuple[str, str]) -> str | None:
+        return self.where[pair][0] if pair in self.where else None
+
+    def files(self, pair: tuple[str, str]) -> dict[str, bytes]:
+        _, tar, members = self.where.get(pair, (None, None, []))
+        return {m.name: tar.extractfile(m).read() for m in members}
+
+    def close(self) -> None:
+        for f, tar in self.handles:
+            tar.close()
+            f.close()
+
+
+def _write_tars(output: str, shard_id: str, contents: dict[str, list[tuple[str, str]]], fetch) -> None:
+    """Each place's tar with exactly these pairs, in order; a filtered tar that would be empty is removed."""
+    for place, pairs in contents.items():
+        url = tar_url(output, place, shard_id)
+        if place != "shards" and not pairs:
+            remove(url)
+            continue
+        with atomic_output(url) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as out:
+            for pair in sorted(pairs):
+                files = fetch(pair)
+                for name in sorted(files):
+                    _add(out, name, files[name])
+
+
 def compact_shard(output: str, shard_id: str) -> dict[str, int]:
-    """Merge a shard's parts into its tar and Parquet file. Idempotent; returns row counts."""
+    """Merge a shard's parts into its tars and Parquet file. Idempotent; returns row counts.
+
+    A part holds a pair's row and files, or only a row (`anyv2v-batch score`: new scores and verdict for
+    files already in a tar). Ok pairs go to `shards/` or, when routed aside, `filtered/shards/`. When a
+    pair moves between the two, both tars are first written with the moved pairs in both places and only
+    then without them, so that a compaction cut at any point leaves every pair's files in some tar (and
+    its part or old row saying where they belong) for the next run to finish."""
     parts = list_files(join(output, "_parts", shard_id), ".tar")
     rows = {(r["key"], r["variant"]): (r, None) for r in read_metadata(output, shard_id)}
     for url in parts:
@@ -131,34 +215,40 @@ def compact_shard(output: str, shard_id: str) -> dict[str, int]:
         except Exception:  # noqa: BLE001 - a torn part (should not happen: parts are atomic) is redone
             continue
         rows[(row["key"], row["variant"])] = (row, url)
-    shard_url = join(output, "shards", f"{shard_id}.tar")
-    fs, shard_path = filesystem(shard_url)
-    old = fs.open(shard_path, "rb") if fs.exists(shard_path) else None
+    wanted: dict[str, list[tuple[str, str]]] = {place: [] for place in PLACES}
+    for pair, (row, _) in rows.items():
+        if place_of(row):
+            wanted[place_of(row)].append(pair)
+
+    def fetch_from(current: _ShardFiles):
+        def fetch(pair: tuple[str, str]) -> dict[str, bytes]:
+            url = rows[pair][1]
+            files = read_part(url)[1] if url is not None else {}
+            return files or current.files(pair)  # a row-only part: the files stay as they are
+
+        return fetch
+
+    current = _ShardFiles(output, shard_id)
     try:
-        old_tar = tarfile.open(fileobj=old, mode="r:") if old is not None else None
-        old_members: dict[tuple[str, str], list[tarfile.TarInfo]] = {}
-        for m in old_tar.getmembers() if old_tar is not None else []:
-            key, ext = split_member(m.name)
-            old_members.setdefault((key, ext.split(".")[0]), []).append(m)
-        with atomic_output(shard_url) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as out:
-            for (key, variant), (row, url) in sorted(rows.items()):
-                if row["status"] != "ok":
-                    continue
-                if url is not None:
-                    files = read_part(url)[1]
-                else:
-                    files = {m.name: old_tar.extractfile(m).read() for m in old_members.get((key, variant), [])}
-                for name in sorted(files):
-                    _add(out, name, files[name])
+        moving = {p for place, pairs in wanted.items() for p in pairs if current.place(p) not in (None, place)}
+        if moving:  # first: every moved pair in both tars
+            both = {place: sorted(set(pairs) | {p for p in moving if current.place(p) == place})
+                    for place, pairs in wanted.items()}  # fmt: skip
+            _write_tars(output, shard_id, both, fetch_from(current))
     finally:
-        if old is not None:
-            old.close()
+        current.close()
+    current = _ShardFiles(output, shard_id)
+    try:
+        _write_tars(output, shard_id, wanted, fetch_from(current))
+    finally:
+        current.close()
     ordered = [row for _, (row, _) in sorted(rows.items())]
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(ordered), buffer)
+    pq.write_table(rows_table(ordered), buffer)
     atomic_write(join(output, "metadata", f"{shard_id}.parquet"), buffer.getvalue())
     for url in parts:
         remove(url)
     remove(join(output, "_parts", shard_id))
     ok = sum(r["status"] == "ok" for r in ordered)
-    return {"rows": len(ordered), "ok": ok, "error": len(ordered) - ok}
+    filtered = sum(place_of(r) == "filtered" for r in ordered)
+    return {"rows": len(ordered), "ok": ok, "error": len(ordered) - ok, "filtered": filtered}

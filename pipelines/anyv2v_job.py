@@ -1,7 +1,7 @@
 """The AnyV2V batch job on Ray Data:
 
-    shards -> read -> decode -> editor pool -> inversion pool -> sampler pool -> encode -> parts
-           -> (per shard) compact -> shards/*.tar + metadata/*.parquet
+    shards -> read -> decode -> editor pool -> inversion pool -> sampler pool -> (scorer pool) -> encode
+           -> parts -> (per shard) compact -> shards/*.tar (+ filtered/shards/*.tar) + metadata/*.parquet
 
 Pairs already done in the output are skipped when the shards are read, so rerunning a job resumes it.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.evaluation import EvaluateSettings
 from anyv2v_batch.job import JobSpec, PoolSpec
 
-GPU_POOLS = ("editor", "inversion", "sampler")
+GPU_POOLS = ("editor", "inversion", "sampler", "scorer")
+SCORER_GPU_SHARE = 0.1  # of one GPU, per scorer actor: scoring costs a few % of sampling (benchmarks/)
 
 
 @dataclass
@@ -36,10 +39,15 @@ class JobSummary:
     error_examples: list[str]
     pool_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
     utilisation: dict[str, float] = dataclasses.field(default_factory=dict)
+    filtered: int = 0  # ok pairs routed aside by the thresholds (counted in ok)
+    failed_checks: int = 0  # ok pairs whose verdict is "failed" (flag or route)
 
     def line(self) -> str:
+        judged = (
+            f" ({self.failed_checks} failed the thresholds, {self.filtered} filtered)" if self.failed_checks else ""
+        )
         return (
-            f"{self.processed} {self.unit} processed: {self.ok} ok, {self.errors} errors; "
+            f"{self.processed} {self.unit} processed: {self.ok} ok{judged}, {self.errors} errors; "
             f"{self.pairs_done_before} already done; {self.shards} shards -> {self.output} in {self.seconds:.1f} s"
         )
 
@@ -72,7 +80,7 @@ def plan_shards(shards: dict[str, str], job: JobSpec, output: str, mode: str = "
     `job.redo_changed`, which recomputes them (compaction then replaces their outputs)."""
     from anyv2v_batch.operators.write import finished_rows
 
-    items, changed = [], {}
+    items, changed, rescore = [], {}, []
     for sid, url in shards.items():
         done = []
         for pid, row in finished_rows(output, sid).items():
@@ -83,11 +91,34 @@ def plan_shards(shards: dict[str, str], job: JobSpec, output: str, mode: str = "
                 changed.setdefault(row["variant"], []).append(row)
                 if job.redo_changed:
                     continue
+            elif current is not None and row.get("evaluate_fingerprint", "") != job.scoring[0]:
+                rescore.append(row)
+                if job.redo_changed:
+                    continue
             done.append(pid)
         items.append({"shard": url, "shard_id": sid, "done": sorted(done)})
     if changed and not job.redo_changed:
         raise changed_settings_error(job, output, changed)
+    if rescore and not job.redo_changed:
+        raise changed_scoring_error(job, output, rescore)
     return items
+
+
+def changed_scoring_error(job: JobSpec, output: str, rows: list[dict[str, Any]]) -> AnyV2VError:
+    """Outputs already there whose scores or verdicts came from other evaluate settings."""
+    from anyv2v_batch.fingerprint import changed_fields, flat
+
+    def fields(record: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        flat("evaluate", json.loads(record) if record else {"mode": "off"}, out)
+        return out
+
+    what = changed_fields(fields(rows[0].get("scorer") or ""), fields(job.scoring[1]))
+    return AnyV2VError(
+        f"{len(rows)} outputs in {output} were scored with other evaluate settings ({what}); rescore them with "
+        f"`anyv2v-batch score {output}` and this job's evaluate settings first, or rerun with --redo-changed to "
+        "recompute them"
+    )
 
 
 def changed_settings_error(job: JobSpec, output: str, changed: dict[str, list[dict[str, Any]]]) -> AnyV2VError:
@@ -177,21 +208,31 @@ def resolve_pools(job: JobSpec) -> dict[str, PoolSpec]:
         "editor": any(editor_class(v.editor.name).needs_gpu for v in job.variants),
         "inversion": True,
         "sampler": True,
+        "scorer": True,
     }
     use_gpus = gpus > 0 and job.device != "cpu"
+    scoring_on_gpu = use_gpus and job.evaluate.enabled and job.pool("scorer").num_gpus != 0
+    # scorers share GPUs: each inversion / sampler actor leaves a tenth of its GPU to them
+    model_share = 1.0 - SCORER_GPU_SHARE if scoring_on_gpu and job.pool("scorer").num_gpus is None else 1.0
+    defaults = {"editor": 1.0, "inversion": model_share, "sampler": model_share, "scorer": SCORER_GPU_SHARE}
     pools = {}
     for name in ("decode", *GPU_POOLS, "encode"):
         pool = job.pool(name)
         if name in GPU_POOLS and pool.num_gpus is None:
-            pool = dataclasses.replace(pool, num_gpus=1.0 if use_gpus and wants_gpu[name] else 0.0)
+            pool = dataclasses.replace(pool, num_gpus=defaults[name] if use_gpus and wants_gpu[name] else 0.0)
         if name not in GPU_POOLS:
             pool = dataclasses.replace(pool, num_gpus=0.0)
         pools[name] = pool
+    if not job.evaluate.enabled:
+        del pools["scorer"]
     if use_gpus:
-        free = gpus - sum((pools[n].size or 1) * pools[n].num_gpus for n in GPU_POOLS if pools[n].size or n == "editor")
+        sized = [n for n in GPU_POOLS if n in pools and n != "scorer" and (pools[n].size or n == "editor")]
+        free = gpus - sum((pools[n].size or 1) * math.ceil(pools[n].num_gpus) for n in sized)
         unsized = [n for n in ("inversion", "sampler") if pools[n].size is None]
-        if unsized == ["inversion", "sampler"] and pools["inversion"].num_gpus == pools["sampler"].num_gpus > 0:
-            slots = int(free // pools["inversion"].num_gpus)
+        share = pools["inversion"].num_gpus
+        if unsized == ["inversion", "sampler"] and share == pools["sampler"].num_gpus > 0:
+            # actors of more than half a GPU take one GPU each (Ray packs fractions per GPU)
+            slots = int(free // share) if share <= 0.5 else int(free)
             sizes = dict(zip(unsized, split_gpus(job, slots), strict=True))
         else:
             sizes = {n: max(1, int(free // max(pools[n].num_gpus, 1e-9)) // len(unsized)) for n in unsized}
@@ -199,7 +240,7 @@ def resolve_pools(job: JobSpec) -> dict[str, PoolSpec]:
             pools[n] = dataclasses.replace(pools[n], size=size)
     pools = {n: dataclasses.replace(p, size=p.size or 1) for n, p in pools.items()}
     # CPU-only: actors that sit on a CPU each must fit beside the others and the decode/encode tasks
-    on_cpu = [n for n in GPU_POOLS if not pools[n].num_gpus]
+    on_cpu = [n for n in GPU_POOLS if n in pools and not pools[n].num_gpus]
     demand = sum(pools[n].num_cpus * pools[n].size for n in on_cpu) + pools["decode"].num_cpus
     if on_cpu and demand > cpus and not job.ray_address:
         share = max(0.1, cpus / (sum(pools[n].size for n in on_cpu) + 1))
@@ -219,6 +260,7 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
     from anyv2v_batch.operators.inversion_pool import InversionPool
     from anyv2v_batch.operators.read_shards import read_shard
     from anyv2v_batch.operators.sampler_pool import SamplerPool
+    from anyv2v_batch.operators.scorer_pool import ScorerPool
     from anyv2v_batch.operators.write import write_part
 
     def actors(ds, cls, name: str, **kwargs):
@@ -240,6 +282,8 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
         ds = actors(ds, EditorPool, "editor")
         ds = actors(ds, InversionPool, "inversion")
         ds = actors(ds, SamplerPool, "sampler")
+        if job.evaluate.enabled:
+            ds = actors(ds, ScorerPool, "scorer")
         ds = ds.flat_map(encode_pairs, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
     else:
         ds = actors(ds, InversionPool, "inversion", keep_all=job.store_all_timesteps)
@@ -268,6 +312,8 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None, mode: str
     from anyv2v_batch.operators.storage import check_writable
 
     started = time.perf_counter()
+    if mode == "invert":  # inversions are not scored
+        job = dataclasses.replace(job, evaluate=EvaluateSettings())
     check_job(job)
     check_models(job)
     output = job_output(job, mode)
@@ -300,11 +346,15 @@ def _run_locked(
     streamed = time.perf_counter()
     for row in build_dataset(job, items, pools, mode).iter_rows():
         counts[row["status"]] += 1
+        if row.get("passed") is False:
+            counts["failed_checks"] += 1
+            counts["filtered"] += job.evaluate.mode == "route"
         if row["status"] == "error" and len(examples) < 5:
             examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
         seconds = json.loads(row["seconds"])
         busy["editor"] += seconds.get("editor", 0.0)
         busy["sampler"] += seconds.get("sampler", 0.0)
+        busy["scorer"] += seconds.get("scorer", 0.0)
         clip_seconds[(row["shard_id"], row["key"], row["group"])] = seconds  # inversion: once per clip
     busy["inversion"] = sum(s.get("inversion", 0.0) for s in clip_seconds.values())
     wall = time.perf_counter() - streamed
@@ -312,7 +362,7 @@ def _run_locked(
     wanted = {i["shard_id"] for i in items}
     ray.get([compact.remote(output, sid) for sid in sorted(shards_with_parts(output) & wanted)])
     remove_if_empty(join(output, "_parts"))
-    sizes = {n: pools[n].size for n in GPU_POOLS if mode == "edit" or n == "inversion"}
+    sizes = {n: pools[n].size for n in GPU_POOLS if n in pools and (mode == "edit" or n == "inversion")}
     return JobSummary(
         output=output,
         unit=unit,
@@ -321,6 +371,8 @@ def _run_locked(
         processed=counts["ok"] + counts["error"],
         ok=counts["ok"],
         errors=counts["error"],
+        filtered=counts["filtered"],
+        failed_checks=counts["failed_checks"],
         seconds=time.perf_counter() - started,
         error_examples=examples,
         pool_sizes=sizes,

@@ -119,3 +119,39 @@ def moving_clip(frames: int, width: int, height: int, seed: int = 0) -> np.ndarr
         f[4:12, x0 : x0 + 8] = [230, 50, 40]
         out.append(np.clip(f + rng.normal(0, 2, f.shape), 0, 255).astype(np.uint8))
     return np.stack(out)
+
+
+TINY_CLIP_IMAGE_SIZE = 30  # 5 x 5 patches of 6 pixels
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def build_tiny_clip(folder: Path) -> Path:
+    """A tiny random-weight transformers CLIPModel saved as a model folder (weights, the tiny I2VGen-XL
+    fixture's CLIP tokenizer, an OpenAI-style preprocessor config), for the scorer."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(TINY_MODEL / "tokenizer")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(image_size=TINY_CLIP_IMAGE_SIZE, patch_size=6, hidden_size=32, intermediate_size=48,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=24,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    size = TINY_CLIP_IMAGE_SIZE
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor_type": "CLIPImageProcessor", "image_mean": OPENAI_CLIP_MEAN,
+                    "image_std": OPENAI_CLIP_STD, "size": {"shortest_edge": size},
+                    "crop_size": {"height": size, "width": size}})
+    )  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

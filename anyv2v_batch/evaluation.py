@@ -1,0 +1,147 @@
+"""What a job does with quality scores: which scorer, which thresholds, and what failing means.
+
+    mode  off    no scoring (the default)
+          score  the `score_*` columns only
+          flag   the columns, plus `passed` and `failed_checks` from the thresholds
+          route  as flag, and failing pairs go to `filtered/shards/<shard>.tar` (rows stay in `metadata/`)
+
+A threshold is a minimum (`clip_text: 0.25`) or a range (`source_similarity: {max: 0.98}`). A failed
+check is named by its settings path below `thresholds`: `clip_text.min`, `source_similarity.max`. The
+scores themselves come from `scores.Scorer`; this module is plain data and rules, loaded by the job
+parser without any model library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyv2v_batch.errors import AnyV2VError
+
+DEFAULT_SCORER_MODEL = "openai/clip-vit-large-patch14"
+METRICS = (
+    "clip_text", "clip_consecutive", "edit_hold", "source_similarity", "motion_fidelity", "aesthetic_min",
+    "aesthetic_mean",
+)  # fmt: skip
+SCORE_COLUMNS = tuple(f"score_{m}" for m in METRICS)
+MODES = ("off", "score", "flag", "route")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    min: float | None = None
+    max: float | None = None
+
+    def failures(self, metric: str, value: float | None) -> list[str]:
+        """The checks this value fails; an absent or NaN score fails every bound it has."""
+        missing = value is None or math.isnan(value)
+        out = []
+        if self.min is not None and (missing or value < self.min):
+            out.append(f"{metric}.min")
+        if self.max is not None and (missing or value > self.max):
+            out.append(f"{metric}.max")
+        return out
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    mode: str = "off"
+    model: str = DEFAULT_SCORER_MODEL  # any transformers CLIPModel: hub id or local folder
+    aesthetic: str | None = None  # LAION aesthetic head (safetensors file or hub id); None: no aesthetic scores
+    dtype: str = "float32"
+    thresholds: tuple[tuple[str, Threshold], ...] = field(default_factory=tuple)  # sorted by metric
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def judges(self) -> bool:
+        return self.mode in ("flag", "route")
+
+    def validate(self) -> EvaluateSettings:
+        if self.mode not in MODES:
+            raise AnyV2VError(f"evaluate.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise AnyV2VError(f"evaluate.dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        if not self.model:
+            raise AnyV2VError("evaluate.model must be a CLIP model's hub id or folder")
+        for metric, t in self.thresholds:
+            if metric.startswith("aesthetic") and not self.aesthetic:
+                raise AnyV2VError(
+                    f"evaluate.thresholds.{metric} needs the aesthetic scores: set evaluate.aesthetic to the "
+                    "LAION aesthetic head (safetensors file or hub id), or drop the threshold"
+                )
+            if t.min is not None and t.max is not None and t.min > t.max:
+                raise AnyV2VError(f"evaluate.thresholds.{metric}: min {t.min} is above max {t.max}")
+        if self.thresholds and not self.judges:
+            raise AnyV2VError(
+                f"evaluate.thresholds are set but evaluate.mode is {self.mode!r}, which ignores them; "
+                "use evaluate.mode=flag or route"
+            )
+        return self
+
+    def judge(self, scores: dict[str, float | None]) -> tuple[bool, list[str]]:
+        """(passed, failed checks) of one pair's `score_*` values."""
+        failed = [f for metric, t in self.thresholds for f in t.failures(metric, scores.get(f"score_{metric}"))]
+        return not failed, failed
+
+    def record(self) -> dict[str, Any]:
+        """The settings as plain data (for rows and the fingerprint)."""
+        return {
+            "mode": self.mode,
+            "model": self.model,
+            "aesthetic": self.aesthetic,
+            "dtype": self.dtype,
+            "thresholds": {m: {k: v for k, v in (("min", t.min), ("max", t.max)) if v is not None}
+                           for m, t in self.thresholds},
+        }  # fmt: skip
+
+
+def parse_thresholds(raw: Any, where: str = "evaluate.thresholds") -> tuple[tuple[str, Threshold], ...]:
+    """{metric: number (a minimum) | {min: .., max: ..}} -> sorted (metric, Threshold) pairs."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise AnyV2VError(f"{where} must be a mapping of metric to threshold, got {type(raw).__name__}")
+
+    def number(path: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise AnyV2VError(f"{path} must be a number, got {value!r}")
+        return float(value)
+
+    out = []
+    for metric, value in raw.items():
+        path = f"{where}.{metric}"
+        if metric not in METRICS:
+            raise AnyV2VError(f"{path} is not a metric (known: {', '.join(METRICS)})")
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"min", "max"})
+            if unknown or not value:
+                raise AnyV2VError(f"{path} takes min and/or max, got {', '.join(unknown) or 'nothing'}")
+            t = Threshold(*(number(f"{path}.{k}", value[k]) if k in value else None for k in ("min", "max")))
+        else:
+            t = Threshold(min=number(path, value))
+        out.append((metric, t))
+    return tuple(sorted(out))
+
+
+def scoring_identity(settings: EvaluateSettings) -> tuple[str, str]:
+    """(fingerprint, record JSON) of what makes a pair's scores and verdict what they are: the settings,
+    the weights' identities and the scorer's preprocessing. ("", "") when scoring is off, so outputs of
+    runs without scoring match older outputs, which have no fingerprint."""
+    if not settings.enabled:
+        return "", ""
+    from anyv2v_batch.loading import weights_identity
+    from anyv2v_batch.scores import method_identity
+
+    record = settings.record() | {
+        "weights": weights_identity(settings.model),
+        "aesthetic_weights": weights_identity(settings.aesthetic) if settings.aesthetic else "",
+        "method": method_identity(),
+    }
+    text = json.dumps(record, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], text

@@ -1,0 +1,162 @@
+"""`anyv2v-batch score OUT`: score (or rescore) an existing output in place, without making any clip again.
+
+    output shards -> pairs whose scores are not the current settings' -> written clip + source clip
+                  -> scorer pool -> row-only parts -> (per shard) compact: new columns, files re-routed
+
+Per shard and atomic like a run's compaction, and resumable: an interrupted run or score is finished
+first (its parts are complete), and pairs already scored with the current settings are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.job import JobSpec, PoolSpec
+from anyv2v_batch.pipelines.anyv2v_job import JobSummary, init_ray
+
+
+def check_output(output: str) -> list[str]:
+    """The output's shard names; refuses what is not an anyv2v-batch output."""
+    from anyv2v_batch.operators.storage import join, list_files
+
+    tables = list_files(join(output, "metadata"), ".parquet")
+    if not tables:
+        raise AnyV2VError(
+            f"{output} is not an anyv2v-batch output (no metadata/*.parquet); give the folder `run` wrote"
+        )
+    return [t.rstrip("/").rsplit("/", 1)[-1][: -len(".parquet")] for t in tables]
+
+
+def source_map(rows: list[dict[str, Any]], sources: tuple[str, ...]) -> dict[str, str]:
+    """Each row's source shard -> where to read it now: itself, or the `--sources` shard of the same file
+    name (sources moved since the run). Refuses a source that cannot be found, before any work."""
+    from anyv2v_batch.operators.storage import expand_inputs, filesystem, shard_id
+
+    moved = {shard_id(url): url for url in expand_inputs(sources)} if sources else {}
+    out = {}
+    for source in sorted({r["source_shard"] for r in rows}):
+        url = moved.get(shard_id(source), source)
+        fs, path = filesystem(url)
+        if not fs.exists(path):
+            hint = "" if sources else "; give where the source shards are now with --sources"
+            raise AnyV2VError(f"source shard {url!r} of the output's clips does not exist{hint}")
+        out[source] = url
+    return out
+
+
+def plan(output: str, shards: list[str], current: str) -> tuple[list[dict[str, Any]], int]:
+    """Per shard, the ok rows whose scores are not from the current evaluate settings; and how many ok
+    rows are already scored with them."""
+    from anyv2v_batch.operators.write import read_metadata
+
+    items, done = [], 0
+    for sid in shards:
+        rows = [r for r in read_metadata(output, sid) if r["status"] == "ok"]
+        todo = [r for r in rows if (r.get("evaluate_fingerprint") or "") != current]
+        done += len(rows) - len(todo)
+        if todo:
+            items.append({"shard_id": sid, "rows": todo})
+    return items, done
+
+
+def scorer_pools(job: JobSpec) -> dict[str, PoolSpec]:
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+    use_gpus = gpus > 0 and job.device != "cpu"
+    scorer = job.pool("scorer")
+    if scorer.num_gpus is None:
+        scorer = dataclasses.replace(scorer, num_gpus=1.0 if use_gpus else 0.0)
+    if scorer.size is None:
+        scorer = dataclasses.replace(scorer, size=max(1, int(gpus // scorer.num_gpus)) if scorer.num_gpus else 1)
+    decode = job.pool("decode")
+    if not scorer.num_gpus and scorer.num_cpus * scorer.size + decode.num_cpus > cpus and not job.ray_address:
+        share = max(0.1, cpus / (scorer.size + 1))
+        scorer = dataclasses.replace(scorer, num_cpus=min(scorer.num_cpus, share))
+        decode = dataclasses.replace(decode, num_cpus=min(decode.num_cpus, share))
+    encode = dataclasses.replace(job.pool("encode"), num_cpus=decode.num_cpus)
+    return {"scorer": scorer, "decode": decode, "encode": encode}
+
+
+def run_score(job: JobSpec, log: Callable[[str], None] = lambda s: None, sources: tuple[str, ...] = ()) -> JobSummary:
+    """Score every ok pair of `job.output` whose scores are not the job's evaluate settings', in place."""
+    from anyv2v_batch.evaluation import scoring_identity
+    from anyv2v_batch.operators.lock import OutputLock
+    from anyv2v_batch.operators.storage import check_writable
+
+    started = time.perf_counter()
+    if not job.evaluate.enabled:
+        raise AnyV2VError("score needs scoring switched on: --evaluate (or --set evaluate.mode=score, flag or route)")
+    output = job.output
+    shards = check_output(output)
+    check_writable(output, "output")
+    job = dataclasses.replace(job, scoring=scoring_identity(job.evaluate))
+    with OutputLock(output):
+        return _score_locked(job, shards, sources, log, started)
+
+
+def _score_locked(job: JobSpec, shards: list[str], sources: tuple[str, ...], log, started: float) -> JobSummary:
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    from anyv2v_batch.operators.decode import decode_clip
+    from anyv2v_batch.operators.rescore import read_pairs_to_score, rescored_parts
+    from anyv2v_batch.operators.scorer_pool import ScorerPool
+    from anyv2v_batch.operators.write import compact_shard, shards_with_parts, write_part
+
+    output = job.output
+    for sid in sorted(shards_with_parts(output)):  # an interrupted run or score: its parts are complete
+        compact_shard(output, sid)
+    items, done = plan(output, shards, job.scoring[0])
+    todo = sum(len(i["rows"]) for i in items)
+    log(f"{len(shards)} shards; {todo} pairs to score, {done} already scored with these settings in {output}")
+    where = source_map([r for i in items for r in i["rows"]], sources)
+    counts: Counter[str] = Counter()
+    busy = 0.0
+    if items:
+        init_ray(job)
+        pools = scorer_pools(job)
+        work_items = [
+            {"shard_id": i["shard_id"], "rows": [json.dumps(r, default=list) for r in i["rows"]], "sources": where}
+            for i in items
+        ]
+        scorer, decode, encode = pools["scorer"], pools["decode"], pools["encode"]
+        ds = ray.data.from_items(work_items, override_num_blocks=len(work_items))
+        ds = ds.flat_map(read_pairs_to_score, fn_kwargs={"job": job}, num_cpus=decode.num_cpus)
+        ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
+        ds = ds.map_batches(
+            ScorerPool, compute=ActorPoolStrategy(size=scorer.size), batch_size=scorer.batch_size,
+            num_gpus=scorer.num_gpus, num_cpus=scorer.num_cpus,
+            fn_constructor_kwargs={"job": job, "num_cpus": scorer.num_cpus},
+        )  # fmt: skip
+        ds = ds.flat_map(rescored_parts, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
+        ds = ds.map(write_part, fn_kwargs={"output": output}, num_cpus=encode.num_cpus)
+        for row in ds.iter_rows():
+            counts["ok"] += 1
+            if row.get("passed") is False:
+                counts["failed_checks"] += 1
+                counts["filtered"] += job.evaluate.mode == "route"
+            busy += json.loads(row["seconds"]).get("scorer", 0.0)
+        compact = ray.remote(compact_shard).options(num_cpus=encode.num_cpus)
+        ray.get([compact.remote(output, i["shard_id"]) for i in items])
+    return JobSummary(
+        output=output,
+        unit="(clip, variant) pairs scored",
+        shards=len(shards),
+        pairs_done_before=done,
+        processed=counts["ok"],
+        ok=counts["ok"],
+        errors=0,
+        seconds=time.perf_counter() - started,
+        error_examples=[],
+        filtered=counts["filtered"],
+        failed_checks=counts["failed_checks"],
+    )

@@ -1,0 +1,151 @@
+"""Routing at compaction: pairs move between shards/ and filtered/shards/ with row-only parts, and a
+compaction cut at any tar write never loses a pair's files (the next compaction finishes the move).
+Also the `evaluate:` job section's rules. No Ray: the write stage's functions on real tars and Parquet.
+"""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+from shards import read_tar
+
+from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.evaluation import EvaluateSettings, Threshold, parse_thresholds
+from anyv2v_batch.job import build_job
+from anyv2v_batch.operators import write
+from anyv2v_batch.operators.encode import PairResult
+
+PAIRS = [("a", "v"), ("b", "v"), ("c", "v"), ("d", "w")]
+
+
+def pair(key: str, variant: str, routed: str | None, files: bool = True, score: float | None = None) -> PairResult:
+    row = {"key": key, "variant": variant, "status": "ok", "error": "", "routed": routed, "score_clip_text": score,
+           "passed": None if routed is None else routed == "shards", "failed_checks": None}  # fmt: skip
+    data = {ext: f"{key}.{variant}.{ext} bytes".encode() * 50 for ext in ("mp4", "png", "json")} if files else {}
+    return PairResult("in.tar", "000000", key, variant, "ok", "", row, data)
+
+
+def places(out) -> dict[str, set[tuple[str, str]]]:
+    found = {}
+    for place, path in (("shards", out / "shards/000000.tar"), ("filtered", out / "filtered/shards/000000.tar")):
+        members = read_tar(path) if path.exists() else {}
+        found[place] = {(n.split(".")[0], n.split(".")[1]) for n in members}
+    return found
+
+
+def every_file(out) -> dict[str, bytes]:
+    files = {}
+    for path in (out / "shards/000000.tar", out / "filtered/shards/000000.tar"):
+        files |= read_tar(path) if path.exists() else {}
+    return files
+
+
+@pytest.fixture
+def output(tmp_path):
+    """Pairs a, b in shards/; c, d filtered."""
+    out = tmp_path / "out"
+    for key, variant in PAIRS:
+        routed = "shards" if key in "ab" else "filtered"
+        write.write_part({"pair": pair(key, variant, routed, score=0.5)}, str(out))
+    write.compact_shard(str(out), "000000")
+    assert places(out) == {"shards": {("a", "v"), ("b", "v")}, "filtered": {("c", "v"), ("d", "w")}}
+    return out
+
+
+def rescore(out, routes: dict[tuple[str, str], str]) -> None:
+    for (key, variant), routed in routes.items():
+        write.write_part({"pair": pair(key, variant, routed, files=False, score=0.25)}, str(out))
+
+
+def test_row_only_parts_move_files_both_ways_and_keep_their_bytes(output):
+    before = every_file(output)
+    rescore(output, {("a", "v"): "filtered", ("d", "w"): "shards", ("b", "v"): "shards"})
+    counts = write.compact_shard(str(output), "000000")
+    assert places(output) == {"shards": {("b", "v"), ("d", "w")}, "filtered": {("a", "v"), ("c", "v")}}
+    assert every_file(output) == before
+    assert counts == {"rows": 4, "ok": 4, "error": 0, "filtered": 2}
+    rows = {r["key"]: r for r in pq.read_table(output / "metadata/000000.parquet").to_pylist()}
+    assert rows["a"]["score_clip_text"] == 0.25 and rows["c"]["score_clip_text"] == 0.5
+    assert pq.read_schema(output / "metadata/000000.parquet").field("score_clip_text").type == "float"
+    # all back to shards/: the filtered tar is removed, not left empty
+    rescore(output, {("a", "v"): "shards", ("c", "v"): "shards"})
+    write.compact_shard(str(output), "000000")
+    assert places(output)["filtered"] == set() and not (output / "filtered/shards/000000.tar").exists()
+    assert every_file(output) == before
+
+
+@pytest.mark.parametrize("cut_at", [1, 2, 3])
+def test_a_compaction_cut_at_any_tar_write_loses_nothing(output, monkeypatch, cut_at):
+    """Moves both ways need four tar writes (both tars with the moved pairs in both, then final): a cut
+    after any of them leaves every pair's files in some tar, and the next compaction finishes."""
+    before = every_file(output)
+    rescore(output, {("a", "v"): "filtered", ("d", "w"): "shards"})
+    real = write.atomic_output
+    writes = {"n": 0}
+
+    def cut_after(url):
+        writes["n"] += 1
+        if writes["n"] > cut_at:
+            raise OSError("cut")
+        return real(url)
+
+    monkeypatch.setattr(write, "atomic_output", cut_after)
+    with pytest.raises(OSError, match="cut"):
+        write.compact_shard(str(output), "000000")
+    now = places(output)
+    assert set(PAIRS) <= now["shards"] | now["filtered"]
+    assert {name: data for name, data in every_file(output).items()} == before
+    monkeypatch.setattr(write, "atomic_output", real)
+    write.compact_shard(str(output), "000000")
+    assert places(output) == {"shards": {("b", "v"), ("d", "w")}, "filtered": {("a", "v"), ("c", "v")}}
+    assert every_file(output) == before
+
+
+def test_older_rows_without_score_columns_keep_new_columns():
+    """Parquet from rows of different ages: every column of every row (pyarrow's from_pylist would keep
+    only the first row's columns)."""
+    table = write.rows_table([{"key": "old", "status": "ok"}, {"key": "new", "status": "ok", "passed": False}])
+    assert table.column_names == ["key", "status", "passed"]
+    assert table.to_pylist()[0]["passed"] is None and table.to_pylist()[1]["passed"] is False
+
+
+def test_thresholds_judge_min_and_max_and_missing_scores():
+    settings = EvaluateSettings(
+        mode="flag", thresholds=parse_thresholds({"clip_text": 0.25, "source_similarity": {"max": 0.98}})
+    )
+    assert settings.thresholds == (("clip_text", Threshold(0.25, None)), ("source_similarity", Threshold(None, 0.98)))
+    assert settings.judge({"score_clip_text": 0.3, "score_source_similarity": 0.5}) == (True, [])
+    assert settings.judge({"score_clip_text": 0.25, "score_source_similarity": 0.98}) == (True, [])
+    assert settings.judge({"score_clip_text": 0.2, "score_source_similarity": 0.99}) == (
+        False, ["clip_text.min", "source_similarity.max"],
+    )  # fmt: skip
+    assert settings.judge({"score_clip_text": float("nan")}) == (False, ["clip_text.min", "source_similarity.max"])
+
+
+@pytest.mark.parametrize(
+    "evaluate, message",
+    [
+        ({"mode": "drop"}, "evaluate.mode must be one of off, score, flag, route"),
+        ({"mode": "flag", "thresholds": {"clip_txt": 0.2}}, "evaluate.thresholds.clip_txt is not a metric"),
+        ({"mode": "score", "thresholds": {"clip_text": 0.2}}, "use evaluate.mode=flag or route"),
+        ({"mode": "flag", "thresholds": {"aesthetic_mean": 5}}, "needs the aesthetic scores"),
+        ({"mode": "flag", "thresholds": {"clip_text": {"min": 0.5, "max": 0.1}}}, "min 0.5 is above max 0.1"),
+        ({"mode": "flag", "thresholds": {"clip_text": {"above": 0.5}}}, "takes min and/or max, got above"),
+        ({"mode": "flag", "thresholds": {"clip_text": "high"}}, "must be a number, got 'high'"),
+        ({"modes": "flag"}, "evaluate.modes is not a job field (did you mean 'mode'?)"),
+    ],
+)
+def test_bad_evaluate_settings_are_one_line_errors(evaluate, message):
+    with pytest.raises(AnyV2VError, match=None) as e:
+        build_job({"input": "in.tar", "output": "out", "evaluate": evaluate}, "job.yaml")
+    assert message in str(e.value) and str(e.value).startswith("job.yaml: ") and "\n" not in str(e.value)
+
+
+def test_evaluate_flag_takes_the_job_mode_or_flag_with_thresholds_or_score():
+    on = {"evaluate.mode": "on"}
+    assert build_job({"input": "i", "output": "o"}, overrides=on).evaluate.mode == "score"
+    with_thresholds = {"input": "i", "output": "o", "evaluate": {"thresholds": {"clip_text": 0.2}}}
+    assert build_job(with_thresholds, overrides=on).evaluate.mode == "flag"
+    routed = {"input": "i", "output": "o", "evaluate": {"mode": "route", "thresholds": {"clip_text": 0.2}}}
+    assert build_job(routed, overrides=on).evaluate.mode == "route"
+    assert build_job({"input": "i", "output": "o"}).evaluate.enabled is False
