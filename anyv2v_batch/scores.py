@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ FLOW_ITERATIONS = 3
 FLOW_POLY_N = 5
 FLOW_POLY_SIGMA = 1.2
 FLOW_FLAGS = 0
+FLOW_MAX_SIDE = 256  # flow on frames scaled down to this longer side: 5x cheaper at 512x512, the same at any size
 FLOW_THREADS = 2  # OpenCV's threads; the scorer shares its machine with the job's other actors
 # a frame pair whose source and output flows both stay under 0.01 px RMS is still in both: it agrees (1.0)
 STILL_MEAN_SQUARE = 1e-4
@@ -76,16 +78,26 @@ def flow_identity() -> str:
     return (
         f"opencv {cv2.__version__} calcOpticalFlowFarneback(pyr_scale={FLOW_PYR_SCALE}, levels={FLOW_LEVELS}, "
         f"winsize={FLOW_WINSIZE}, iterations={FLOW_ITERATIONS}, poly_n={FLOW_POLY_N}, poly_sigma={FLOW_POLY_SIGMA}, "
-        f"flags={FLOW_FLAGS}) on BT.601 grayscale frames at their own size"
+        f"flags={FLOW_FLAGS}) on BT.601 grayscale frames, INTER_AREA-scaled to a longer side <= {FLOW_MAX_SIDE}"
     )
 
 
+def flow_size(height: int, width: int) -> tuple[int, int]:
+    """(width, height) the flow is computed at: the frame scaled down so its longer side is FLOW_MAX_SIDE."""
+    scale = min(1.0, FLOW_MAX_SIDE / max(height, width))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def optical_flows(frames: np.ndarray) -> np.ndarray:
-    """Farneback flow of each consecutive frame pair: [F, H, W, 3] uint8 -> [F-1, H, W, 2] float32 (pixels)."""
+    """Farneback flow of each consecutive frame pair: [F, H, W, 3] uint8 -> [F-1, h, w, 2] float32 (pixels
+    at the flow size, see `flow_size`)."""
     import cv2
 
     cv2.setNumThreads(FLOW_THREADS)
+    size = flow_size(*frames.shape[1:3])
     gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+    if size != (frames.shape[2], frames.shape[1]):
+        gray = [cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in gray]
     return np.stack(
         [
             cv2.calcOpticalFlowFarneback(
@@ -120,8 +132,9 @@ def motion_fidelity(source: np.ndarray, output: np.ndarray) -> float:
     """How well the output's motion follows the source's, in [-1, 1]; 1 exactly when the flows are identical.
 
     source, output: [F, H, W, 3] uint8, same shape, F >= 2. For each consecutive frame pair f -> f+1,
-    s and o are the Farneback optical flows (module constants FLOW_*; frames converted to grayscale) of
-    the source and of the output, as vectors over all pixels and both components, and the pair scores
+    s and o are the Farneback optical flows (module constants FLOW_*; frames converted to grayscale and,
+    when larger, scaled down with INTER_AREA to a longer side of FLOW_MAX_SIDE) of the source and of the
+    output, as vectors over all pixels and both components, and the pair scores
 
         a_f = 2 <s, o> / (|s|^2 + |o|^2) = 1 - |s - o|^2 / (|s|^2 + |o|^2)
 
@@ -298,16 +311,16 @@ class Scorer:
 
     # -- embeddings
 
-    def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
-        """[N, H, W, 3] uint8 -> [N, 3, S, S] float32, normalised (see the module docstring)."""
+    def pixel_values(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """N frames [H, W, 3] uint8 -> [N, 3, S, S] float32, normalised (see the module docstring)."""
         size = (self.image_size, self.image_size)
         resized = np.stack([np.asarray(to_pil(f).resize(size, Image.Resampling.BICUBIC)) for f in frames])
         x = torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255.0
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
     @torch.no_grad()
-    def embed_images(self, frames: np.ndarray) -> torch.Tensor:
-        """L2-normalised float32 image embeddings [N, D], EMBED_BATCH images per CLIP call."""
+    def embed_images(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """L2-normalised float32 image embeddings [N, D] of N frames [H, W, 3] uint8, EMBED_BATCH per CLIP call."""
         out = []
         for start in range(0, len(frames), EMBED_BATCH):
             chunk = self.pixel_values(frames[start : start + EMBED_BATCH])
@@ -383,7 +396,7 @@ class Scorer:
         for output, source, edited, _prompt in items:
             source_key = _digest(source)
             rows.append((place(output), place(source, source_key), place(edited[None], _digest(edited)), source_key))
-        embeddings = self.embed_images(np.concatenate([x.reshape(-1, *x.shape[-3:]) for x in images]))
+        embeddings = self.embed_images([frame for frames in images for frame in frames])  # views, no copy
         texts = {p: self.embed_text(p) for p in dict.fromkeys(item[3] for item in items)}
         source_flows: dict[bytes, np.ndarray] = {}
         results = []
