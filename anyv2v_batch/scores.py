@@ -59,7 +59,6 @@ FLOW_THREADS = 2  # OpenCV's threads; the scorer shares its machine with the job
 # a frame pair whose source and output flows both stay under 0.01 px RMS is still in both: it agrees (1.0)
 STILL_MEAN_SQUARE = 1e-4
 
-AESTHETIC_LAYERS = (0, 2, 4, 6, 7)  # the Linear layers of the LAION MLP's nn.Sequential (the others are Dropout)
 AESTHETIC_WIDTHS = (1024, 128, 64, 16, 1)
 AESTHETIC_DEFAULT_FILE = "model.safetensors"
 
@@ -98,23 +97,16 @@ def optical_flows(frames: np.ndarray) -> np.ndarray:
     gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
     if size != (frames.shape[2], frames.shape[1]):
         gray = [cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in gray]
-    return np.stack(
-        [
-            cv2.calcOpticalFlowFarneback(
-                a,
-                b,
-                None,
-                FLOW_PYR_SCALE,
-                FLOW_LEVELS,
-                FLOW_WINSIZE,
-                FLOW_ITERATIONS,
-                FLOW_POLY_N,
-                FLOW_POLY_SIGMA,
-                FLOW_FLAGS,
-            )  # fmt: skip
-            for a, b in zip(gray[:-1], gray[1:], strict=True)
+    parameters = (FLOW_PYR_SCALE, FLOW_LEVELS, FLOW_WINSIZE, FLOW_ITERATIONS, FLOW_POLY_N, FLOW_POLY_SIGMA, FLOW_FLAGS)
+    try:
+        flows = [
+            cv2.calcOpticalFlowFarneback(a, b, None, *parameters) for a, b in zip(gray[:-1], gray[1:], strict=True)
         ]
-    )
+    except cv2.error as e:
+        raise AnyV2VError(
+            f"optical flow failed on {size[0]}x{size[1]} frames: {str(e).strip().splitlines()[-1]}"
+        ) from e
+    return np.stack(flows)
 
 
 def flow_agreement(source_flows: np.ndarray, output_flows: np.ndarray) -> float:
@@ -192,16 +184,19 @@ def _missing(model: str, what: str, error: BaseException) -> AnyV2VError:
     return AnyV2VError(f"cannot load {what} of scorer model {model!r}: {fix}")
 
 
-def _read_json(model: str, filename: str) -> dict:
+def _read_json(model: str, filename: str) -> tuple[dict, str]:
+    """A JSON file of a model folder or hub repo, and the revision it came from: the commit of the hub
+    snapshot (the cache's `snapshots/<commit>/` folder), "local folder" for a folder."""
     local = Path(model).expanduser()
     try:
         if local.is_dir():
-            path = local / filename
+            path, revision = local / filename, "local folder"
         else:
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(model, filename))
-        return json.loads(path.read_text())
+            revision = path.parent.name if path.parent.parent.name == "snapshots" else "unknown"
+        return json.loads(path.read_text()), revision
     except (OSError, ValueError) as e:
         raise _missing(model, filename, e) from e
 
@@ -280,7 +275,7 @@ class Scorer:
         model = str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        processor = _read_json(model, "preprocessor_config.json")
+        processor, revision = _read_json(model, "preprocessor_config.json")
         self.tokenizer = _load(CLIPTokenizer, model, "the tokenizer")
         self.model = _load(CLIPModel, model, "the CLIP weights", dtype=self.dtype).to(self.device).eval()
         self.image_size = int(self.model.config.vision_config.image_size)
@@ -298,6 +293,7 @@ class Scorer:
         mean, std = ([round(float(v), 8) for v in t] for t in (self.mean, self.std))
         self.identity: dict[str, str] = {
             "model": model,
+            "revision": revision,
             "weights": weights_identity(model),
             "dtype": str(self.dtype).removeprefix("torch."),
             "preprocessing": (

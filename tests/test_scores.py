@@ -296,7 +296,7 @@ def test_aesthetic_head_matches_a_plain_computation(clip_folder, wide_clip, tmp_
 
 def test_identity_records_model_weights_dtype_preprocessing(scorer, clip_folder):
     identity = scorer.identity
-    assert identity["model"] == str(clip_folder)
+    assert identity["model"] == str(clip_folder) and identity["revision"] == "local folder"
     assert identity["weights"] == weights_identity(str(clip_folder)) and identity["weights"].startswith("folder:")
     assert identity["dtype"] == "float32"
     assert f"{IMAGE_SIZE}x{IMAGE_SIZE}" in identity["preprocessing"] and "bicubic" in identity["preprocessing"]
@@ -322,3 +322,37 @@ def test_missing_weights_offline_is_one_line(clip_folder, tmp_path, monkeypatch)
     with pytest.raises(AnyV2VError, match="HF_HUB_OFFLINE") as e:
         Scorer(str(clip_folder), aesthetic="nobody-here/no-such-head")
     assert "\n" not in str(e.value)
+
+
+def fake_hub_cache(cache, repo: str, files: dict[str, bytes], commit: str) -> None:
+    """The hub cache layout huggingface_hub reads offline: refs/main -> snapshots/<commit>/<files>."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        (folder / "snapshots" / commit / name).write_bytes(data)
+
+
+def test_hub_ids_load_offline_from_the_cache_with_their_revision(scorer, clip_folder, wide_clip, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    fake_hub_cache(tmp_path, "tiny-org/tiny-clip", {p.name: p.read_bytes() for p in clip_folder.iterdir()}, commit)
+    torch.manual_seed(2)
+    save_file(official_head(24).state_dict(), tmp_path / "head.safetensors")
+    fake_hub_cache(tmp_path, "tiny-org/tiny-head", {"model.safetensors": (tmp_path / "head.safetensors").read_bytes()},
+                   "f" * 40)  # fmt: skip
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+
+    from_hub = Scorer("tiny-org/tiny-clip", aesthetic="tiny-org/tiny-head")
+    assert from_hub.identity["revision"] == commit and scorer.identity["revision"] == "local folder"
+    assert from_hub.identity["weights"] == "hub:tiny-org/tiny-clip"
+    assert from_hub.identity["aesthetic"] == "hub:tiny-org/tiny-head/model.safetensors"
+    source, output, edited = wide_clip
+    hub_scores = from_hub.score(output, source, edited, PROMPT)
+    folder_scores = scorer.score(output, source, edited, PROMPT)
+    assert {k: hub_scores[k] for k in folder_scores} == folder_scores  # the same weights, the same bits
+    assert set(hub_scores) - set(folder_scores) == {"score_aesthetic_min", "score_aesthetic_mean"}
