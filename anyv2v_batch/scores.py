@@ -202,12 +202,16 @@ def _read_json(model: str, filename: str) -> tuple[dict, str]:
 
 
 def _resolve_aesthetic(spec: str) -> tuple[Path, str]:
-    """A local safetensors file, or `org/name` (its model.safetensors) or `org/name/path/in/repo.safetensors`."""
+    """A local safetensors file (or a folder holding model.safetensors), or a hub id: `org/name` (its
+    model.safetensors) or `org/name/path/in/repo.safetensors`. Returns the file and its identity."""
     local = Path(spec).expanduser()
+    if local.is_dir():
+        local = local / AESTHETIC_DEFAULT_FILE
     if local.is_file():
         return local, f"file:{hashlib.sha256(local.read_bytes()).hexdigest()[:16]}"
     parts = spec.split("/")
-    if spec.startswith((".", "/", "~")) or len(parts) < 2 or not all(parts):
+    looks_local = spec.startswith((".", "/", "~")) or (len(parts) == 2 and spec.endswith(".safetensors"))
+    if looks_local or len(parts) < 2 or not all(parts):
         raise AnyV2VError(f"aesthetic head {spec!r}: no such file; pass a .safetensors file or a hub id (org/name)")
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or AESTHETIC_DEFAULT_FILE
     try:

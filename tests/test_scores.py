@@ -268,6 +268,9 @@ def test_aesthetic_head_matches_a_plain_computation(clip_folder, wide_clip, tmp_
     head = official_head(24)
     save_file(head.state_dict(), tmp_path / "head.safetensors")
     scorer = Scorer(str(clip_folder), aesthetic=str(tmp_path / "head.safetensors"))
+    (tmp_path / "head-folder").mkdir()
+    (tmp_path / "head-folder" / "model.safetensors").write_bytes((tmp_path / "head.safetensors").read_bytes())
+    assert Scorer(str(clip_folder), aesthetic=str(tmp_path / "head-folder")).identity == scorer.identity
     source, output, edited = wide_clip
     ours = scorer.score(output, source, edited, PROMPT)
     assert set(ours) == {"score_" + m for m in METRICS}
@@ -321,6 +324,9 @@ def test_missing_weights_offline_is_one_line(clip_folder, tmp_path, monkeypatch)
 
     with pytest.raises(AnyV2VError, match="HF_HUB_OFFLINE") as e:
         Scorer(str(clip_folder), aesthetic="nobody-here/no-such-head")
+    assert "\n" not in str(e.value)
+    with pytest.raises(AnyV2VError, match="no such file") as e:
+        Scorer(str(clip_folder), aesthetic=str(tmp_path / "missing-head.safetensors"))
     assert "\n" not in str(e.value)
 
 
