@@ -29,19 +29,10 @@ import torch
 from PIL import Image
 
 from .errors import AnyV2VError
+from .evaluation import DEFAULT_SCORER_MODEL, METRICS
 from .imaging import to_pil
 from .loading import hub_offline, resolve_device, resolve_dtype, weights_identity
 
-DEFAULT_SCORER_MODEL = "openai/clip-vit-large-patch14"
-METRICS = (
-    "clip_text",
-    "clip_consecutive",
-    "edit_hold",
-    "source_similarity",
-    "motion_fidelity",
-    "aesthetic_min",
-    "aesthetic_mean",
-)
 AESTHETIC_METRICS = ("aesthetic_min", "aesthetic_mean")
 
 EMBED_BATCH = 16  # images per CLIP call, always: fixed shapes make each embedding independent of its batch mates
@@ -69,6 +60,12 @@ def column(metric: str) -> str:
 
 
 # ---- motion fidelity (weight-free)
+
+
+def method_identity() -> str:
+    """How scores are computed apart from the models' weights (part of a row's evaluate fingerprint):
+    changes when the preprocessing, the batching or the flow changes."""
+    return f"whole frame resized, PIL bicubic, no crop; {EMBED_BATCH} images per CLIP call; {flow_identity()}"
 
 
 def flow_identity() -> str:

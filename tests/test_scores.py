@@ -13,45 +13,21 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, moving_clip
+from conftest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, TINY_CLIP_IMAGE_SIZE, moving_clip
 
 from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.loading import weights_identity
 from anyv2v_batch.scores import EMBED_BATCH, METRICS, Scorer, motion_fidelity
 from anyv2v_batch.video_io import encode_mp4, read_video
 
-IMAGE_SIZE = 30  # the tiny model's input: 5x5 patches of 6 pixels
-OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGE_SIZE, OPENAI_MEAN, OPENAI_STD = TINY_CLIP_IMAGE_SIZE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 PROMPT = "a red square moves over a blue field"
 CLIP_METRICS = ("clip_text", "clip_consecutive", "edit_hold", "source_similarity", "motion_fidelity")
 
 
 @pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    from anyv2v_batch.loading import quiet_libraries
-
-    quiet_libraries()
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    tokenizer = CLIPTokenizer.from_pretrained(TINY_MODEL / "tokenizer")
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(image_size=IMAGE_SIZE, patch_size=6, hidden_size=32, intermediate_size=48,
-                           num_hidden_layers=2, num_attention_heads=4),
-        projection_dim=24,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps({"image_processor_type": "CLIPImageProcessor", "image_mean": OPENAI_MEAN, "image_std": OPENAI_STD,
-                    "size": {"shortest_edge": IMAGE_SIZE}, "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}})
-    )  # fmt: skip
-    return folder
+def clip_folder(tiny_clip):
+    return tiny_clip
 
 
 @pytest.fixture(scope="module")
