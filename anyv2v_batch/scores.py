@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -393,21 +394,30 @@ class Scorer:
         for output, source, edited, _prompt in items:
             source_key = _digest(source)
             rows.append((place(output), place(source, source_key), place(edited[None], _digest(edited)), source_key))
-        embeddings = self.embed_images([frame for frames in images for frame in frames])  # views, no copy
-        texts = {p: self.embed_text(p) for p in dict.fromkeys(item[3] for item in items)}
-        source_flows: dict[bytes, np.ndarray] = {}
+
+        def flows() -> tuple[dict[bytes, np.ndarray], list[np.ndarray]]:
+            sources: dict[bytes, np.ndarray] = {}
+            for item, (*_, key) in zip(items, rows, strict=True):
+                if key not in sources:  # once per distinct source clip
+                    sources[key] = optical_flows(item[1])
+            return sources, [optical_flows(item[0]) for item in items]
+
+        # the flows run on the CPU (OpenCV releases the GIL) while the CLIP calls run on the model's device
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            flows_done = pool.submit(flows)
+            embeddings = self.embed_images([frame for frames in images for frame in frames])  # views, no copy
+            texts = {p: self.embed_text(p) for p in dict.fromkeys(item[3] for item in items)}
+            source_flows, output_flows = flows_done.result()
         results = []
-        for (output, source, _edited, prompt), (o, s, e, key) in zip(items, rows, strict=True):
+        for i, ((output, _source, _edited, prompt), (o, s, e, key)) in enumerate(zip(items, rows, strict=True)):
             frames = len(output)
             out, src, first = embeddings[o : o + frames], embeddings[s : s + frames], embeddings[e]
-            if key not in source_flows:
-                source_flows[key] = optical_flows(source)
             scores = {
                 "clip_text": (out @ texts[prompt]).mean(),
                 "clip_consecutive": (out[:-1] * out[1:]).sum(-1).mean(),
                 "edit_hold": (out[1:] @ first).mean(),
                 "source_similarity": (src * out).sum(-1).mean(),
-                "motion_fidelity": flow_agreement(source_flows[key], optical_flows(output)),
+                "motion_fidelity": flow_agreement(source_flows[key], output_flows[i]),
             }
             if self.aesthetic is not None:
                 aesthetic = self.aesthetic_scores(out)
