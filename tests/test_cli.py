@@ -83,11 +83,28 @@ def test_edit_writes_the_same_frames_as_the_api(files, capsys, tiny_backbone):
     assert np.array_equal(written, expected)
 
 
-def test_edit_mp4_out_and_frame_folder_in(files, capsys):
+def test_edit_mp4_out_and_frame_folder_in(files, capsys, tiny_clip):
+    from anyv2v_batch.imaging import fit_frame
+    from anyv2v_batch.scores import Scorer
+
     out = files / "out.mp4"
-    code, err = run_cli(["edit", files / "src.mp4", "--first-frame", files / "edited.png", "-o", out, *FAST], capsys)
-    assert code == 0, err
-    assert read_video(out, 6, 8, 32, 32).frames.shape == (6, 32, 32, 3)
+    evaluate = ["--evaluate", "--evaluate-model", tiny_clip, "--prompt", "a red square"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in ["edit", files / "src.mp4", "--first-frame", files / "edited.png", "-o", out, *FAST,
+                               *evaluate]])  # fmt: skip
+        raise SystemExit(0)
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 0, printed.err
+    written = read_video(out, 6, 8, 32, 32).frames
+    assert written.shape == (6, 32, 32, 3)
+    # --evaluate prints the scores of the clip as written, even with -q
+    scores = dict(line.split("\t") for line in printed.out.splitlines())
+    edited = fit_frame(np.asarray(Image.open(files / "edited.png").convert("RGB")), 32, 32)
+    source = read_video(files / "src.mp4", 6, 8, 32, 32).frames
+    expected = Scorer(str(tiny_clip)).score(written, source, edited, "a red square")
+    assert sorted(scores) == sorted(expected)
+    for name, value in expected.items():
+        assert abs(float(scores[name]) - value) <= 1e-6, name
     write_video(files / "frames", moving_clip(7, 32, 32), 8)
     code, err = run_cli(
         ["edit", files / "frames", "--first-frame", files / "edited.png", "-o", files / "o2.mp4", *FAST[:-1]], capsys
