@@ -30,7 +30,7 @@ svg rect.bar { fill: #4a78b5; } svg text { font-size: 10px; fill: #555; }
 .media { display: flex; gap: 6px; }
 .media figure { margin: 0; width: 206px; text-align: center; font-size: 12px; color: #555; }
 .media img { width: 206px; height: auto; background: #eee; display: block; }
-.missing { width: 206px; height: 150px; display: flex; align-items: center; justify-content: center;
+.missing { width: 206px; display: flex; align-items: center; justify-content: center;
   background: #eee; color: #888; font-size: 13px; }
 .meta { margin-top: 6px; font-size: 12px; }
 .meta .key { font-weight: 600; word-break: break-all; }
@@ -293,7 +293,8 @@ def _figure(it: Item, role: str, caption: str, size: tuple[int, int]) -> str:
     if path is None:
         why = it.missing.get(role, "not available")
         what = "source unavailable" if role == "source" else f"{caption} unavailable"
-        missing = f'<div class="missing" title="{escape(why)}">{what}</div>'
+        shape = f"aspect-ratio: {size[0]} / {size[1]}"  # the box a picture would fill
+        missing = f'<div class="missing" style="{shape}" title="{escape(why)}">{what}</div>'
         return f"<figure>{missing}<figcaption>{caption}</figcaption></figure>"
     image = f'<img src="{path}" width="{size[0]}" height="{size[1]}" loading="lazy" alt="{caption}">'
     if role == "output" and "mp4" in it.media:

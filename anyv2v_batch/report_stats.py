@@ -326,6 +326,16 @@ def digest(*parts: Any) -> str:
     return hashlib.blake2b("\0".join(str(p) for p in parts).encode(), digest_size=8).hexdigest()
 
 
+def sample_hashes(seed: int, variant: str, shard_ids: Iterable[str], keys: Iterable[str]) -> list[int]:
+    """The random order of pairs: a seeded hash of (shard, key, variant), so the same pairs are drawn
+    whatever the order they are read in."""
+    prefix = f"sample\0{seed}\0{variant}\0"
+    return [
+        int.from_bytes(hashlib.blake2b(f"{prefix}{s}\0{k}".encode(), digest_size=8).digest(), "big")
+        for s, k in zip(shard_ids, keys, strict=True)
+    ]
+
+
 def badness(batch: pa.RecordBatch, rows: np.ndarray, stats: VariantStats) -> np.ndarray:
     """How bad each pair is among its variant's: the lowest, over its scores, of the share of the
     variant's pairs that score worse than it (0: the worst on some score); 1 without scores."""
@@ -367,9 +377,7 @@ def choose_sample(
                     order = order[: max(per_variant, int(np.flatnonzero(tied).max()) + 1)]
                 for j in order:
                     worst[name].add(None, (batch, index[j], float(bad[j])))
-            hashes = np.array(
-                [int(digest("sample", seed, shard_ids[i], keys[i], name), 16) for i in index], dtype=np.uint64
-            )
+            hashes = np.array(sample_hashes(seed, name, shard_ids[index], keys[index]), dtype=np.uint64)
             for j in np.argsort(hashes, kind="stable")[: 2 * per_variant]:
                 lucky[name].add(int(hashes[j]), (batch, index[j], float(bad[j])))
     chosen: dict[str, list[Item]] = {}

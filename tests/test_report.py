@@ -261,13 +261,25 @@ def test_sample_by_one_score_is_exact(tmp_path: Path):
 
 def test_sample_streams_the_metadata(tmp_path: Path):
     """Memory stays bounded: far below what the rows take when held at once."""
-    rows = metadata_rows(40_000, 1, ("clip_text", "edit_hold", "motion_fidelity"))
-    for r in rows:
-        r["prompt"] = "a long prompt describing the edited video " * 4
-        r["error"] = ""
-    files = write_metadata(tmp_path / "big", rows, 4)
+    n, rng = 20_000, np.random.default_rng(1)
+    table = pa.table(
+        {
+            "shard_id": [f"{i % 4:06d}" for i in range(n)],
+            "key": [f"k{i:06d}" for i in range(n)],
+            "variant": ["v"] * n,
+            "status": ["ok"] * n,
+            "error": [""] * n,
+            "prompt": ["a long prompt describing the edited video, " * 4] * n,
+            **{f"score_{m}": rng.uniform(0, 1, n) for m in ("clip_text", "edit_hold", "motion_fidelity")},
+        }
+    )
+    (tmp_path / "big").mkdir()
+    files = []
+    for f in range(4):
+        files.append(str(tmp_path / "big" / f"{f:06d}.parquet"))
+        pq.write_table(table.slice(f * n // 4, n // 4), files[-1], row_group_size=1000)
     tracemalloc.start()
-    whole = pq.read_table(str(tmp_path / "big")).to_pylist()
+    whole = pq.read_table(str(tmp_path / "big")).to_pylist()  # the rows held at once, as the report uses them
     _, whole_peak = tracemalloc.get_traced_memory()
     del whole
     tracemalloc.stop()
@@ -276,7 +288,7 @@ def test_sample_streams_the_metadata(tmp_path: Path):
     chosen = choose_sample(files, stats, 20, 0)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert stats["v"].rows == 40_000 and len(chosen["v"]) == 40
+    assert stats["v"].rows == n and len(chosen["v"]) == 40
     assert peak < whole_peak / 5, (peak, whole_peak)
 
 
