@@ -118,6 +118,15 @@ def decode_source(data: bytes, row: dict[str, Any], fit: str, name: str) -> np.n
     return read_video(io.BytesIO(data), frames, fps, width, height, fit, name=name).frames  # type: ignore[arg-type]
 
 
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8", ".json": "application/json", ".webp": "image/webp", ".mp4": "video/mp4",
+}  # fmt: skip
+
+
+def content_type(name: str) -> str:
+    return CONTENT_TYPES.get(posixpath.splitext(name)[1], "application/octet-stream")
+
+
 class MediaFolder:
     """The report's media/ folder: what this report wrote there, so a former report's leftovers can go."""
 
@@ -126,7 +135,7 @@ class MediaFolder:
         self.written: set[str] = set()
 
     def write(self, name: str, data: bytes) -> str:
-        atomic_write(join(self.report, "media", name), data)
+        atomic_write(join(self.report, "media", name), data, content_type(name))
         self.written.add(name)
         return f"media/{name}"
 
@@ -334,9 +343,9 @@ def write_report(
     }
     for page, html in pages.files.items():
         if page != "index.html":
-            atomic_write(join(report, page), html.encode())
-    atomic_write(join(report, MARKER), json.dumps(numbers, indent=1, default=float).encode())
-    atomic_write(join(report, "index.html"), pages.files["index.html"].encode())
+            atomic_write(join(report, page), html.encode(), content_type(page))
+    atomic_write(join(report, MARKER), json.dumps(numbers, indent=1, default=float).encode(), content_type(MARKER))
+    atomic_write(join(report, "index.html"), pages.files["index.html"].encode(), content_type("index.html"))
     media.remove_others()
     return ReportSummary(
         index=join(report, "index.html"),

@@ -447,3 +447,47 @@ def test_overview_and_errors_in_browser(report: Path, browser: Browser):
                     ["clip-f", "decode: cannot decode 'clip-f.mp4': frames are corrupt"]]],
     ]  # fmt: skip
     assert browser.console_errors == []
+
+
+# ---- on an object store
+
+
+def test_report_from_and_to_a_bucket(job_output: Path, report: Path, monkeypatch):
+    """OUT and -o on an S3-compatible server (moto on 127.0.0.1): the pages and previews are objects
+    with the Content-Type a browser needs when the bucket serves them; a bucket that does not exist is
+    refused before anything is read."""
+    import s3fs
+    from s3_server import S3Server
+
+    server = S3Server()
+    try:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()  # no client made before the endpoint was set
+        fs = s3fs.S3FileSystem()
+        fs.mkdir("jobs")
+        fs.put(str(job_output), "jobs/out", recursive=True)
+        with pytest.raises(AnyV2VError, match="cannot write the report folder 's3://nobucket/report'"):
+            write_report("s3://jobs/missing-output", "s3://nobucket/report")
+        summary = write_report("s3://jobs/out", "s3://jobs/report", per_variant=2)
+        assert summary.line().startswith("wrote s3://jobs/report/index.html: 2 variant(s), 12 pairs (3 errors)")
+        numbers = json.loads(fs.cat_file("jobs/report/report.json"))
+        media = {p for v in numbers["variants"].values() for s in v["shown"] for p in s["media"].values()}
+        assert media and all(fs.exists(f"jobs/report/{p}") for p in media)
+
+        def stored_type(name: str) -> str:
+            return fs.call_s3("head_object", Bucket="jobs", Key=f"report/{name}")["ContentType"]
+
+        types = {name: stored_type(name) for name in ("index.html", "errors.html")}
+        types |= {p.rsplit(".", 1)[-1]: stored_type(p) for p in media}
+        assert types == {
+            "index.html": "text/html; charset=utf-8", "errors.html": "text/html; charset=utf-8",
+            "webp": "image/webp", "mp4": "video/mp4",
+        }  # fmt: skip
+        # the same galleries as the report of the local folder (the rows' sources are local paths)
+        local = json.loads((report / "report.json").read_text())
+        for variant, v in numbers["variants"].items():
+            assert v["shown"] == local["variants"][variant]["shown"]
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # none pointing at a stopped server
+        server.stop()
