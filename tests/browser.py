@@ -163,7 +163,8 @@ class Browser:
         result = self.call("Page.navigate", url=url)
         if result.get("errorText"):
             raise BrowserError(f"cannot open {url}: {result['errorText']}")
-        self.wait_event("Page.loadEventFired")
+        if "loaderId" in result:  # none for a move within the same document (only the #fragment changed)
+            self.wait_event("Page.loadEventFired")
 
     def evaluate(self, expression: str) -> Any:
         """A JavaScript expression's value (promises awaited)."""

@@ -336,6 +336,28 @@ def test_rerun_replaces_a_former_report(job_output: Path, tmp_path: Path):
     assert used == {f"media/{name}" for name in media_second}
 
 
+def test_output_of_an_older_run_without_scores(job_output: Path, tmp_path: Path):
+    """Metadata without the score, check and routing columns (an output made before scoring existed)."""
+    old = tmp_path / "old"
+    shutil.copytree(job_output, old)
+    shutil.rmtree(old / "filtered")  # nothing was routed then
+    new_columns = {m.column for m in METRICS} | {"passed", "failed_checks", "routed", "scorer"}
+    for path in (old / "metadata").glob("*.parquet"):
+        table = pq.read_table(path)
+        table = table.drop_columns([c for c in table.column_names if c in new_columns])
+        table = table.filter(pa.compute.invert(pa.compute.equal(table["key"], "clip-b")))  # was in filtered/
+        pq.write_table(table, path)
+    summary = write_report(str(old), str(tmp_path / "r"), per_variant=1)
+    numbers = json.loads((tmp_path / "r" / "report.json").read_text())
+    night = numbers["variants"]["night"]
+    assert (night["ok"], night["error"], night["filtered"], night["scores"]) == (4, 1, 0, {})
+    assert [s["sample"] for s in night["shown"]] == ["random", "random"]  # 2 x 1 at random: nothing to rank
+    assert summary.shown == 4
+    page = (tmp_path / "r" / night["gallery"]).read_text()
+    assert 'data-sample="random"' in page and "data-clip_text" not in page
+    assert "No scores in this output" in (tmp_path / "r" / "index.html").read_text()
+
+
 # ---- in a browser
 
 
@@ -404,7 +426,19 @@ def test_gallery_in_browser(report: Path, browser: Browser, tmp_path: Path):
         with Image.open(report / src) as image:
             if src.endswith(".out.webp") or src.endswith(".src.webp"):
                 assert image.n_frames == FRAMES and image.size == (WIDTH, HEIGHT)
+    links = browser.evaluate("Array.from(document.querySelectorAll('a')).map(a => a.getAttribute('href'))")
+    assert sum(h.endswith(".out.mp4") for h in links) == 4  # each output's mp4, copied beside its preview
+    assert all((report / h).is_file() for h in links)
     assert browser.console_errors == []
+    # a sort named in the URL applies on opening
+    browser.open((report / "index.html").as_uri())
+    browser.open((report / index).as_uri() + "#sort=motion_fidelity")
+    fidelity = browser.evaluate(
+        "Array.from(document.querySelectorAll('#gallery .item')).map(e => +e.dataset.motion_fidelity)"
+    )
+    assert (
+        fidelity == sorted(fidelity) and browser.evaluate("document.getElementById('sort').value") == "motion_fidelity"
+    )
     choose_sort(browser, "rank")
     shot = browser.screenshot(tmp_path / "report-gallery.png")
     assert Image.open(shot).size == (1400, 1000)
