@@ -38,6 +38,7 @@ svg rect.bar { fill: #4a78b5; } svg text { font-size: 10px; fill: #555; }
 .badge.worst { background: #fde2c8; } .badge.filtered, .badge.failedb { background: #f6c9c9; }
 table.scores td { padding: 1px 6px; } td.bad { color: #c22; font-weight: 600; }
 .prompt { color: #555; margin: 4px 0 0; }
+table.error-rows th, table.kinds th { text-align: left; }
 td.err { text-align: left; font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap; }
 """
 
@@ -158,7 +159,7 @@ def _variant_section(i: int, name: str, v: VariantStats) -> str:
     stage_rows = "".join(
         f"<tr><td>{s}</td><td>{_number(mean[s], 3)}</td><td>{_number(v.seconds_max[s], 3)}</td>"
         f"<td>{_number(v.seconds_total[s], 4)}</td>"
-        f"<td>{_number(3600 / mean[s], 4) if mean[s] > 0 else ''}</td></tr>"
+        f"<td>{f'{3600 / mean[s]:,.0f}' if mean[s] > 0 else ''}</td></tr>"
         for s in STAGES
     )
     all_stages = sum(mean.values())
@@ -167,7 +168,7 @@ def _variant_section(i: int, name: str, v: VariantStats) -> str:
         f"<th>pairs / hour / worker</th></tr>{stage_rows}"
         f"<tr><th>all</th><th>{_number(all_stages, 3)}</th><th></th>"
         f"<th>{_number(sum(v.seconds_total.values()), 4)}</th>"
-        f"<th>{_number(3600 / all_stages, 4) if all_stages > 0 else ''}</th></tr></table>"
+        f"<th>{f'{3600 / all_stages:,.0f}' if all_stages > 0 else ''}</th></tr></table>"
         f"<p>Over the {v.ok} ok pairs. read, decode and inversion are done once per clip and shared by its "
         "variants, so each variant's rows repeat them; pairs / hour / worker is 3600 / mean: the rate of one "
         "worker of that stage.</p>"
