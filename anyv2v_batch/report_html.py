@@ -37,7 +37,7 @@ svg rect.bar { fill: #4a78b5; } svg text { font-size: 10px; fill: #555; }
 .badge { display: inline-block; padding: 0 6px; border-radius: 8px; background: #eee; margin-left: 4px; }
 .badge.worst { background: #fde2c8; } .badge.filtered, .badge.failedb { background: #f6c9c9; }
 table.scores td { padding: 1px 6px; } td.bad { color: #c22; font-weight: 600; }
-.prompt { color: #555; margin: 4px 0 0; }
+.prompt { color: #555; margin: 4px 0 0; } .score-error { color: #c22; margin: 4px 0 0; }
 table.error-rows th, table.kinds th { text-align: left; }
 td.err { text-align: left; font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap; }
 """
@@ -248,7 +248,8 @@ def _gallery(name: str, v: VariantStats, items: list[Item], per_variant: int, se
 
 def _card(it: Item, rank: int, order: int, scored: list[Metric]) -> str:
     row = it.row
-    failed = {str(c).removeprefix("score_") for c in (row.get("failed_checks") or [])}
+    # a failed check is named by its threshold's path: "clip_text.min", "source_similarity.max"
+    failed = {str(c).removeprefix("score_").split(".")[0] for c in (row.get("failed_checks") or [])}
     data = [f'data-rank="{rank}"', f'data-order="{order}"', f'data-sample="{it.sample}"', f'data-id="{it.id}"']
     data.append(f'data-key="{escape(str(row["key"]))}"')
     for m in scored:
@@ -275,6 +276,11 @@ def _card(it: Item, rank: int, order: int, scored: list[Metric]) -> str:
         f'<div class="meta"><span class="key">{escape(str(row["key"]))}</span> '
         f"<span>({escape(str(row['shard_id']))})</span>{badges}"
         + (f'<table class="scores">{scores}</table>' if scores else "")
+        + (
+            f'<p class="score-error">scoring failed: {escape(str(row["score_error"]))}</p>'
+            if row.get("score_error")
+            else ""
+        )
         + f'<p class="prompt">{escape(str(row.get("prompt") or ""))}</p></div></div>'
     )
 

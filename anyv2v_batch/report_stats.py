@@ -46,10 +46,10 @@ METRICS = (
     Metric("aesthetic_min", "aesthetic min"),
     Metric("aesthetic_mean", "aesthetic mean"),
 )
-STAGES = ("read", "decode", "editor", "inversion", "sampler", "encode")
+STAGES = ("read", "decode", "editor", "inversion", "sampler", "scorer", "encode")  # an older output has no scorer
 COLUMNS = (
     "shard_id", "key", "variant", "status", "error", "source_shard", "prompt", "frames", "fps", "width", "height",
-    "passed", "failed_checks", "routed", "scorer",
+    "passed", "failed_checks", "routed", "scorer", "score_error",
     *(m.column for m in METRICS), *(f"seconds_{s}" for s in STAGES),
 )  # fmt: skip
 FINE_BINS = 1000  # the histogram kept per score; percentiles come from it
@@ -250,7 +250,9 @@ def _by_variant(batch: pa.RecordBatch) -> Iterator[tuple[str, np.ndarray]]:
 def gather_stats(files: list[str]) -> dict[str, VariantStats]:
     """Passes one and two over the metadata: counts, timings, errors, score ranges, then histograms."""
     stats: dict[str, VariantStats] = {}
-    columns = [c for c in COLUMNS if c not in ("prompt", "source_shard", "failed_checks", "frames", "fps")]
+    columns = [
+        c for c in COLUMNS if c not in ("prompt", "source_shard", "failed_checks", "frames", "fps", "score_error")
+    ]
     for batch in iter_batches(files, columns):
         ok = strings(batch, "status") == "ok"
         passed, routed = flags(batch, "passed"), strings(batch, "routed")

@@ -102,11 +102,11 @@ def build_output(root: Path) -> Path:
                     "prompt": f"{key}, as a {variant} scene", "frames": FRAMES, "fps": FPS, "width": WIDTH,
                     "height": HEIGHT,
                     **{f"seconds_{s}": 0.1 * (j + 1) for j, s in enumerate(("read", "decode", "editor"))},
-                    "seconds_inversion": 2.0 + i, "seconds_sampler": 1.5, "seconds_encode": 0.05,
+                    "seconds_inversion": 2.0 + i, "seconds_sampler": 1.5, "seconds_scorer": 0.2, "seconds_encode": 0.05,
                 }  # fmt: skip
                 for m in METRICS:
                     row[m.column] = (scores or {}).get(m.name)
-                failed = ["clip_text"] if scores and scores["clip_text"] < THRESHOLD_CLIP_TEXT else []
+                failed = ["clip_text.min"] if scores and scores["clip_text"] < THRESHOLD_CLIP_TEXT else []
                 row["passed"] = None if not scores else not failed
                 row["failed_checks"] = None if not scores else failed
                 routed = "filtered" if (shard, key, variant) in FILTERED else "shards"
@@ -178,6 +178,7 @@ def test_report_numbers(report: Path):
                  for shard, key in ok_pairs("night")]  # fmt: skip
     assert night["seconds_mean"]["inversion"] == pytest.approx(np.mean(inversion))
     assert night["seconds_mean"]["sampler"] == pytest.approx(1.5)
+    assert night["seconds_mean"]["scorer"] == pytest.approx(0.2)
 
 
 def test_per_variant_sample(report: Path):
@@ -404,6 +405,12 @@ def test_gallery_in_browser(report: Path, browser: Browser, tmp_path: Path):
     assert len(items) == 4
     assert [i["key"] for i in items[:2]] == ["clip-b", "clip-c"]
     assert sorted(i["sample"] for i in items) == ["random", "random", "worst", "worst"]
+    # the failed check ("clip_text.min") marks that score of that pair
+    marked = browser.evaluate(
+        "Array.from(document.querySelectorAll('.item')).map(e => [e.dataset.key, "
+        "Array.from(e.querySelectorAll('td.bad')).map(td => td.previousSibling.textContent)])"
+    )
+    assert {k: v for k, v in marked if v} == {"clip-b": ["CLIP text"]}
     # sort by CLIP text: worst (lowest) first; by source similarity: worst (highest) first
     choose_sort(browser, "clip_text")
     values = [i["clip_text"] for i in gallery_state(browser)]
