@@ -348,6 +348,25 @@ def pack(
     _say(quiet, summary.line())
 
 
+@app.command()
+def report(
+    output: Annotated[str, typer.Argument(help="The job's output folder or URL (its metadata/ and shards/).")],
+    report_folder: Annotated[str, typer.Option("-o", "--output", help="Folder or URL to write the report into.")],
+    per_variant: Annotated[
+        int, typer.Option(help="Pairs in each variant's gallery: the N worst and N more at random.")
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the random part of the galleries.")] = 0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Write a static HTML report of a job's output: counts, score histograms, timings, galleries, errors."""
+    _DEBUG["on"] = debug
+    from .report import write_report
+
+    summary = write_report(output, report_folder, per_variant, seed, log=lambda m: _say(quiet, m))
+    _say(quiet, summary.line())
+
+
 # flag -> job field it overrides (`run`); only flags given on the command line override
 RUN_FLAGS = {
     "output": "output", "editor": "editor.name", "edit_prompt": "edit_prompt", "prompt": "edit.prompt",

@@ -88,12 +88,25 @@ def check_writable(url: str, what: str = "output") -> None:
         raise AnyV2VError(f"cannot write the {what} {url!r} ({detail}); check the URL and its credentials") from None
 
 
-def atomic_write(url: str, data: bytes) -> None:
+def atomic_write(url: str, data: bytes, content_type: str | None = None) -> None:
     fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):
         atomic_write_bytes(path, data)  # temporary file + rename
     else:
-        fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
+        fs.pipe_file(path, data, **_content_type(fs, content_type))  # one PUT: appears whole or not at all
+
+
+def _content_type(fs: fsspec.AbstractFileSystem, content_type: str | None) -> dict[str, str]:
+    """The store's argument for an object's Content-Type: a page served from a bucket needs it (stores
+    default to binary/octet-stream, which browsers download instead of showing)."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if content_type is None:
+        return {}
+    if {"s3", "s3a"} & set(protocols):
+        return {"ContentType": content_type}
+    if {"gs", "gcs"} & set(protocols):
+        return {"content_type": content_type}
+    return {}
 
 
 def read_bytes(url: str) -> bytes:
