@@ -174,8 +174,7 @@ class JobProgress:
         left = max(0, self.total - self.done)
         if left == 0:
             return 0.0
-        rate = self.rate(now)
-        return left / rate if rate > 0 else None
+        return left * self.elapsed(now) / self.done if self.done else None  # left / rate
 
     def busy_share(self, now: float) -> dict[str, float]:
         return utilisation(self.busy, self.elapsed(now), self.pool_sizes)
