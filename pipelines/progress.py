@@ -3,8 +3,8 @@
 The driver hands every status row (operators/write.py `write_part`) to `JobProgress.add`. A row is
 `error` (status error), `filtered` (status ok, `passed` False) or `ok`; the three add up to `done`.
 Busy shares are the pools' utilisation so far (pipelines/balance.py), from the seconds the rows
-carry: editor and sampler seconds per row, inversion seconds once per clip (a clip's variants
-share one inversion, and each of their rows repeats its seconds).
+carry under each pool's name: per row, but inversion seconds once per clip (a clip's variants share
+one inversion, and each of their rows repeats its seconds).
 
 The line is redrawn in place on a terminal (carriage return, cut to the terminal's width) and
 written as a plain line every `every` seconds otherwise (a cluster log, `ray job logs`), plus once
@@ -115,8 +115,8 @@ class JobProgress:
             else:
                 self.ok += 1
             seconds = json.loads(row["seconds"]) if isinstance(row["seconds"], str) else row["seconds"]
-            for pool in ("editor", "sampler"):
-                if pool in self.busy:
+            for pool in self.busy:
+                if pool != "inversion":
                     self.busy[pool] += seconds.get(pool, 0.0)
             clip = (row["shard_id"], row["key"], row["group"])
             if "inversion" in self.busy and clip not in self._clips:
