@@ -1,7 +1,8 @@
 """Progress while a job runs: one line on the terminal and `<output>/_progress.json`.
 
 The driver hands every status row (operators/write.py `write_part`) to `JobProgress.add`. A row is
-`error` (status error), `filtered` (status ok, `passed` False) or `ok`; the three add up to `done`.
+`error` (status error), `filtered` (status ok, `passed` False, and failing pairs are routed aside:
+`routes_failures`) or `ok`; the three add up to `done`. A missing `passed` is not filtered.
 Busy shares are the pools' utilisation so far (pipelines/balance.py), from the seconds the rows
 carry under each pool's name: per row, but inversion seconds once per clip (a clip's variants share
 one inversion, and each of their rows repeats its seconds).
@@ -73,6 +74,7 @@ class JobProgress:
         display: ProgressDisplay | None = None,
         json_every: float = 5.0,
         redraw_every: float = 1.0,
+        routes_failures: bool = True,
     ):
         self.display = display or ProgressDisplay()
         self.clock = self.display.clock
@@ -80,6 +82,7 @@ class JobProgress:
         self.pool_sizes = dict(pool_sizes)
         self.url = join(output, PROGRESS_FILE) if output is not None else None
         self.json_every, self.redraw_every = json_every, redraw_every
+        self.routes_failures = routes_failures  # False (scores flagged, not routed): such rows stay ok
         stream = self.display.stream
         self.tty = self.display.tty if self.display.tty is not None else bool(stream and stream.isatty())
         self.ok = self.error = self.filtered = 0
@@ -110,7 +113,7 @@ class JobProgress:
         with self._lock:
             if row["status"] == "error":
                 self.error += 1
-            elif row.get("passed") is False:
+            elif row.get("passed") is False and self.routes_failures:
                 self.filtered += 1
             else:
                 self.ok += 1

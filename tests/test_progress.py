@@ -302,6 +302,14 @@ def test_a_failed_run_says_so_and_a_quiet_run_prints_nothing(tmp_path):
     assert end["busy_share"] == {"inversion": 50 / 120} and end["eta_seconds"] == 3 * 120 / 1
 
 
+def test_failed_checks_count_as_filtered_only_where_failures_are_routed_aside(tmp_path):
+    for routes, want in ((True, (1, 1)), (False, (2, 0))):
+        progress = JobProgress(2, None, {}, display=ProgressDisplay(clock=Clock()), routes_failures=routes)
+        progress.add(status("k", passed=False))
+        progress.add(status("j", passed=None))  # no verdict: ok
+        assert (progress.ok, progress.filtered) == want
+
+
 def test_plain_lines_come_every_n_seconds_of_the_clock(tmp_path):
     progress, stream, clock = make(tmp_path, total=20, tty=False, every=30.0)
     progress.start()
