@@ -104,9 +104,10 @@ class JobProgress:
     def start(self) -> None:
         """Write the first JSON (total known, nothing done) and, on a terminal, draw the line."""
         with self._lock:
-            self._write_json(self.clock())
+            now = self.clock()
+            self._write_json(now)
             if self.tty:
-                self._draw(self.started)
+                self._draw(now)
 
     def add(self, row: dict[str, Any]) -> None:
         """One status row of write_part: counts and busy seconds, then the line / JSON if due."""
