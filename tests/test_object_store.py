@@ -121,7 +121,7 @@ def s3_outputs(prefix: str) -> tuple[dict[str, bytes], list[tuple[str, str, str]
         if short.startswith("shards/"):
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                 files |= {f"{Path(short).name}/{m.name}": tar.extractfile(m).read() for m in tar.getmembers()}
-        else:
+        elif short.startswith("metadata/"):
             rows += pq.read_table(io.BytesIO(data)).to_pylist()
     return files, sorted((r["key"], r["variant"], r["status"]) for r in rows), rows
 
