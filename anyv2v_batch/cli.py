@@ -380,6 +380,10 @@ RUN_FLAGS = {
     "fix_source_frame": "edit.fix_source_frame", "redo_changed": "redo_changed",
     "evaluate": "evaluate.mode", "evaluate_model": "evaluate.model",
 }  # fmt: skip
+PROGRESS_EVERY_HELP = (
+    "Without a terminal, log the progress line every SECONDS (a terminal's is redrawn in place). "
+    "<output>/_progress.json holds the same numbers."
+)
 EVALUATE_HELP = "Score every output (evaluate: in the job; thresholds and mode by --set evaluate.*)."
 EVALUATE_MODEL_HELP = "CLIP model that scores: hub id or local folder [default: openai/clip-vit-large-patch14]."
 
@@ -436,7 +440,8 @@ def run(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any job field: PATH=VALUE, e.g. pools.sampler.size=4.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    progress_every: Annotated[float, typer.Option("--progress-every", min=1.0, help=PROGRESS_EVERY_HELP)] = 30.0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors (no progress line).")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Run (or resume) a batch job over WebDataset shards on Ray."""
@@ -449,7 +454,7 @@ def invert_command(**params) -> None:
     _job_command("invert", **params)
 
 
-def _job_command(mode: str, *, job_file, input, set_, editor_option, quiet, debug, **flags) -> None:
+def _job_command(mode: str, *, job_file, input, set_, editor_option, progress_every, quiet, debug, **flags) -> None:
     """`run` and `invert`: the job file plus the flags that override it, validated, then run on Ray."""
     _DEBUG["on"] = debug
     from .job import load_job, parse_set
@@ -464,8 +469,10 @@ def _job_command(mode: str, *, job_file, input, set_, editor_option, quiet, debu
     job = load_job(job_file, overrides, mode)
 
     from .pipelines.anyv2v_job import run_job
+    from .pipelines.progress import ProgressDisplay
 
-    summary = run_job(job, log=lambda m: _say(quiet, m), mode=mode)
+    display = ProgressDisplay(stream=None if quiet else sys.stderr, every=progress_every)
+    summary = run_job(job, log=lambda m: _say(quiet, m), mode=mode, display=display)
     for example in summary.error_examples:
         _say(quiet, f"  error: {example}")
     _say(quiet, summary.utilisation_line())
@@ -489,6 +496,7 @@ def score(
         list[str] | None,
         typer.Option("--set", help="evaluate.* or pools.scorer.* field: PATH=VALUE, e.g. evaluate.mode=route."),
     ] = None,
+    progress_every: Annotated[float, typer.Option("--progress-every", min=1.0, help=PROGRESS_EVERY_HELP)] = 30.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
@@ -503,9 +511,11 @@ def score(
     overrides |= {k: v for k, v in given.items() if v is not None}
     job = load_job(job_file, overrides, mode="score")
 
+    from .pipelines.progress import ProgressDisplay
     from .pipelines.score_job import run_score
 
-    summary = run_score(job, log=lambda m: _say(quiet, m), sources=tuple(sources or ()))
+    display = ProgressDisplay(stream=None if quiet else sys.stderr, every=progress_every)
+    summary = run_score(job, log=lambda m: _say(quiet, m), sources=tuple(sources or ()), display=display)
     _say(quiet, summary.line())
 
 

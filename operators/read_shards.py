@@ -13,6 +13,7 @@ become names, and damage to the tar costs only what lies after it (see `iter_sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import tarfile
@@ -154,6 +155,68 @@ def _sample_problem(group: _Group, end: int | None, limits: Limits) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def _open_tar(url: str, block_size: int | None = None) -> Iterator[tuple[tarfile.TarFile, int | None]]:
+    """The shard as a tar read through capped reads, with the file's size (None if compressed: the end
+    of the tar stream is then not the file's size). `block_size`: an object store's read-ahead."""
+    fs, path = filesystem(url)
+    with fs.open(path, "rb", **({"block_size": block_size} if block_size else {})) as raw:
+        end = _file_size(raw)
+        with tarfile.open(fileobj=_CappedReads(raw), mode="r:*") as tar:
+            yield tar, end if isinstance(tar.fileobj, _CappedReads) else None
+
+
+def _scan_headers(tar: tarfile.TarFile, limits: Limits) -> tuple[dict[str, _Group], str]:
+    """Every header, one by one, grouped by key (tarfile seeks past each member's data), and the
+    damage that ended the scan ("" if the tar ended with its end-of-archive marker)."""
+    groups: dict[str, _Group] = {}
+    count = 0
+    try:
+        while (member := tar.next()) is not None:
+            count += 1
+            if not member.isfile() or posixpath.basename(member.name).startswith("."):
+                continue
+            key, ext = split_member(member.name)
+            group = groups.setdefault(key, _Group())
+            group.count += 1
+            if group.count <= limits.max_members_per_key:
+                group.members.append((ext, member))
+            else:
+                group.members.clear()
+            tar.members.clear()  # tarfile keeps every header; `groups` holds those we need
+        tar.fileobj.seek(tar.offset)
+        if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+            # tarfile ends quietly at a short, empty or unparsable header block
+            return groups, f"no end-of-archive marker at byte {tar.offset}: the tar is truncated or a header is damaged"
+    except Exception as e:  # noqa: BLE001 - any damage ends the scan; what came before is kept
+        return groups, f"the tar is damaged after {count} members: {one_line(e)}"
+    return groups, ""
+
+
+def _row_keys(groups: dict[str, _Group]) -> dict[str, tuple[str, str]]:
+    """Key -> (the key its rows carry, why the key is unsafe or ""). An unsafe key is recorded under its
+    printable rendering, made unique within the shard."""
+    taken = {k for k in groups if not unsafe_key_reason(k)} | {""}  # "" is the shard's own rows
+    out = {}
+    for key in groups:
+        reason = unsafe_key_reason(key)
+        row_key = key
+        if reason:
+            row_key = rendered = printable_key(key)
+            n = 1
+            while row_key in taken:
+                n += 1
+                row_key = f"{rendered}#{n}"
+            taken.add(row_key)
+        out[key] = (row_key, reason)
+    return out
+
+
+def _overruns(group: _Group, end: int | None) -> bool:
+    """A member of the sample runs past the end of the file (its row then records the damage)."""
+    return end is not None and any(m.offset_data + m.size > end for _, m in group.members)
+
+
 def iter_samples(url: str, limits: Limits | None = None) -> Iterator[Sample]:
     """Every sample of a tar shard, in first-appearance order.
 
@@ -166,61 +229,43 @@ def iter_samples(url: str, limits: Limits | None = None) -> Iterator[Sample]:
     unless it is already recorded as a sample's member running past the end. A shard whose first header
     does not parse raises (the caller records the whole shard)."""
     limits = limits or Limits()
-    fs, path = filesystem(url)
-    with fs.open(path, "rb") as raw:
-        end = _file_size(raw)
-        with tarfile.open(fileobj=_CappedReads(raw), mode="r:*") as tar:
-            if not isinstance(tar.fileobj, _CappedReads):
-                end = None  # compressed: the end of the tar stream is not the file's size
-            groups: dict[str, _Group] = {}
-            damage = ""
-            count = 0
+    with _open_tar(url) as (tar, end):
+        groups, damage = _scan_headers(tar, limits)
+        overrun = False
+        for key, (row_key, reason) in _row_keys(groups).items():
+            group = groups[key]
+            if reason:
+                yield Sample(row_key, error=f"sample key '{printable_key(key)}' is unsafe: {reason}")
+                continue
+            problem = _sample_problem(group, end, limits)
+            overrun = overrun or _overruns(group, end)
+            if problem:
+                yield Sample(key, error=f"sample {key!r} {problem}")
+                continue
             try:
-                while (member := tar.next()) is not None:
-                    count += 1
-                    if not member.isfile() or posixpath.basename(member.name).startswith("."):
-                        continue
-                    key, ext = split_member(member.name)
-                    group = groups.setdefault(key, _Group())
-                    group.count += 1
-                    if group.count <= limits.max_members_per_key:
-                        group.members.append((ext, member))
-                    else:
-                        group.members.clear()
-                    tar.members.clear()  # tarfile keeps every header; `groups` holds those we need
-                tar.fileobj.seek(tar.offset)
-                if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
-                    # tarfile ends quietly at a short, empty or unparsable header block
-                    damage = (
-                        f"no end-of-archive marker at byte {tar.offset}: the tar is truncated or a header is damaged"
-                    )
-            except Exception as e:  # noqa: BLE001 - any damage ends the scan; what came before is kept
-                damage = f"the tar is damaged after {count} members: {one_line(e)}"
-            overrun = False
-            taken = {k for k in groups if not unsafe_key_reason(k)} | {""}  # "" is the shard's own rows
-            for key, group in groups.items():
-                reason = unsafe_key_reason(key)
-                row_key = key
-                if reason:  # recorded under its printable rendering, made unique within the shard
-                    row_key = rendered = printable_key(key)
-                    n = 1
-                    while row_key in taken:
-                        n += 1
-                        row_key = f"{rendered}#{n}"
-                    taken.add(row_key)
-                    yield Sample(row_key, error=f"sample key '{printable_key(key)}' is unsafe: {reason}")
-                    continue
-                problem = _sample_problem(group, end, limits)
-                overrun = overrun or (end is not None and any(m.offset_data + m.size > end for _, m in group.members))
-                if problem:
-                    yield Sample(key, error=f"sample {key!r} {problem}")
-                    continue
-                try:
-                    yield Sample(key, {ext: _read_member(tar, member) for ext, member in group.members})
-                except Exception as e:  # noqa: BLE001 - e.g. a compressed tar cut inside a member
-                    yield Sample(key, error=f"sample {key!r} cannot be read: {one_line(e)}")
-            if damage and not overrun:
-                yield Sample("", error=f"shard {url!r}: {damage}")
+                yield Sample(key, {ext: _read_member(tar, member) for ext, member in group.members})
+            except Exception as e:  # noqa: BLE001 - e.g. a compressed tar cut inside a member
+                yield Sample(key, error=f"sample {key!r} cannot be read: {one_line(e)}")
+        if damage and not overrun:
+            yield Sample("", error=f"shard {url!r}: {damage}")
+
+
+# an object store's read-ahead when only headers are read: a header costs one small ranged read
+HEADER_SCAN_BLOCK = 64 * 1024
+
+
+def sample_keys(url: str, limits: Limits | None = None) -> list[str]:
+    """The keys of the Samples `iter_samples` yields for a shard, in order, from its headers alone (no
+    member's data is read: tarfile seeks past it; on an object store each header is a small ranged
+    read). A compressed shard is decompressed to find its headers. Raises where iter_samples does."""
+    limits = limits or Limits()
+    with _open_tar(url, HEADER_SCAN_BLOCK) as (tar, end):
+        groups, damage = _scan_headers(tar, limits)
+    rows = _row_keys(groups)
+    keys = [row_key for row_key, _ in rows.values()]
+    if damage and not any(_overruns(groups[k], end) for k, (_, reason) in rows.items() if not reason):
+        keys.append("")
+    return keys
 
 
 def sample_metadata(key: str, files: dict[str, bytes]) -> dict[str, Any]:
@@ -342,6 +387,24 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
             yield {"work": work}
     finally:
         stored.close()
+
+
+def pending_rows(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> int:
+    """How many status rows `read_shard` of a shard row {shard, shard_id, done} ends in, counted from
+    the shard's headers (`sample_keys`): edit: one per (sample, variant) not done; invert: one per
+    (sample, inversion group) not stored. An unreadable shard: its `shard_errors` rows."""
+    done, groups = set(row["done"]), group_variants(job)
+    try:
+        keys = sample_keys(row["shard"], job.limits)
+    except Exception:  # noqa: BLE001 - read_shard records such a shard as shard_errors
+        return sum(len(specs) if mode == "edit" else 1 for specs in groups)
+    if mode == "invert":
+        ids = []
+        for specs in groups:
+            v = specs[0]
+            ids.append(inversion_id(v.backbone, v.model, v.clip, v.inversion, job.weights_of(v.backbone, v.model)))
+        return sum(pair_id(key, inv_id) not in done for key in keys for inv_id in ids)
+    return sum(pair_id(key, v.name) not in done for key in keys for specs in groups for v in specs)
 
 
 def shard_errors(shard: str, shard_id: str, job: JobSpec, message: str) -> list[ClipWork]:

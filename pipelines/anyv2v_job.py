@@ -13,14 +13,16 @@ import json
 import math
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.evaluation import EvaluateSettings
 from anyv2v_batch.job import JobSpec, PoolSpec
+
+if TYPE_CHECKING:
+    from anyv2v_batch.pipelines.progress import ProgressDisplay
 
 GPU_POOLS = ("editor", "inversion", "sampler", "scorer")
 SCORER_GPU_SHARE = 0.1  # of one GPU, per scorer actor: scoring costs a few % of sampling (benchmarks/)
@@ -303,10 +305,16 @@ def job_output(job: JobSpec, mode: str) -> str:
     return job.inversions
 
 
-def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None, mode: str = "edit") -> JobSummary:
+def run_job(
+    job: JobSpec,
+    log: Callable[[str], None] = lambda s: None,
+    mode: str = "edit",
+    display: ProgressDisplay | None = None,
+) -> JobSummary:
     """Run (or resume) a job to completion and compact its output.
 
-    mode "invert": only invert the clips, into the job's `inversions` store, for later runs to reuse."""
+    mode "invert": only invert the clips, into the job's `inversions` store, for later runs to reuse.
+    `display`: where the progress line goes (default: nowhere; `<output>/_progress.json` is always kept)."""
     from anyv2v_batch.fingerprint import job_fingerprints
     from anyv2v_batch.operators.lock import OutputLock
     from anyv2v_batch.operators.storage import check_writable
@@ -321,60 +329,81 @@ def run_job(job: JobSpec, log: Callable[[str], None] = lambda s: None, mode: str
     check_writable(output, "output" if mode == "edit" else "inversions store")
     job = job_fingerprints(job)
     with OutputLock(output):
-        return _run_locked(job, shards, output, log, mode, started)
+        return _run_locked(job, shards, output, log, mode, started, display)
+
+
+def pending_total(items: list[dict[str, Any]], job: JobSpec, mode: str) -> int:
+    """The status rows the run will produce, from the shards' tar headers (read_shards.pending_rows),
+    the shards scanned side by side (on an object store each header is a round trip)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from anyv2v_batch.operators.read_shards import pending_rows
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(items)))) as pool:
+        return sum(pool.map(lambda item: pending_rows(item, job, mode), items))
 
 
 def _run_locked(
-    job: JobSpec, shards: dict[str, str], output: str, log: Callable[[str], None], mode: str, started: float
+    job: JobSpec,
+    shards: dict[str, str],
+    output: str,
+    log: Callable[[str], None],
+    mode: str,
+    started: float,
+    display: ProgressDisplay | None = None,
 ) -> JobSummary:
     import ray
 
     from anyv2v_batch.operators.storage import join, remove_if_empty
+    from anyv2v_batch.operators.work import one_line
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
     from anyv2v_batch.pipelines.balance import utilisation
+    from anyv2v_batch.pipelines.progress import JobProgress
 
     items = plan_shards(shards, job, output, mode)
     done_before = sum(len(i["done"]) for i in items)
     unit = "(clip, variant) pairs" if mode == "edit" else "clip inversions"
-    log(f"{len(items)} input shards; {done_before} {unit} already done in {output}")
+    total = pending_total(items, job, mode)
+    log(f"{len(items)} input shards; {done_before} {unit} already done in {output}; {total} to do")
     init_ray(job)
     pools = resolve_pools(job)
-    counts: Counter[str] = Counter()
-    examples: list[str] = []
-    busy: Counter[str] = Counter()
-    clip_seconds: dict[tuple, dict[str, float]] = {}
-    streamed = time.perf_counter()
-    for row in build_dataset(job, items, pools, mode).iter_rows():
-        counts[row["status"]] += 1
-        if row.get("passed") is False:
-            counts["failed_checks"] += 1
-            counts["filtered"] += job.evaluate.mode == "route"
-        if row["status"] == "error" and len(examples) < 5:
-            examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
-        seconds = json.loads(row["seconds"])
-        busy["editor"] += seconds.get("editor", 0.0)
-        busy["sampler"] += seconds.get("sampler", 0.0)
-        busy["scorer"] += seconds.get("scorer", 0.0)
-        clip_seconds[(row["shard_id"], row["key"], row["group"])] = seconds  # inversion: once per clip
-    busy["inversion"] = sum(s.get("inversion", 0.0) for s in clip_seconds.values())
-    wall = time.perf_counter() - streamed
-    compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
-    wanted = {i["shard_id"] for i in items}
-    ray.get([compact.remote(output, sid) for sid in sorted(shards_with_parts(output) & wanted)])
-    remove_if_empty(join(output, "_parts"))
     sizes = {n: pools[n].size for n in GPU_POOLS if n in pools and (mode == "edit" or n == "inversion")}
+    progress = JobProgress(
+        total, output, sizes, unit="pairs" if mode == "edit" else "inversions", done_before=done_before,
+        display=display, routes_failures=job.evaluate.mode == "route",
+    )  # fmt: skip
+    examples: list[str] = []
+    failed_checks = 0
+    progress.start()
+    streamed = time.perf_counter()
+    try:
+        with progress.ticking():
+            for row in build_dataset(job, items, pools, mode).iter_rows():
+                progress.add(row)
+                failed_checks += row.get("passed") is False
+                if row["status"] == "error" and len(examples) < 5:
+                    examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
+            wall = time.perf_counter() - streamed
+            compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
+            wanted = {i["shard_id"] for i in items}
+            ray.get([compact.remote(output, sid) for sid in sorted(shards_with_parts(output) & wanted)])
+            remove_if_empty(join(output, "_parts"))
+    except BaseException as e:
+        progress.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
+        raise
+    progress.finish()
     return JobSummary(
         output=output,
         unit=unit,
         shards=len(items),
         pairs_done_before=done_before,
-        processed=counts["ok"] + counts["error"],
-        ok=counts["ok"],
-        errors=counts["error"],
-        filtered=counts["filtered"],
-        failed_checks=counts["failed_checks"],
+        processed=progress.done,
+        ok=progress.ok + progress.filtered,  # status ok; filtered pairs are ok pairs routed aside
+        errors=progress.error,
+        filtered=progress.filtered,
+        failed_checks=failed_checks,
         seconds=time.perf_counter() - started,
         error_examples=examples,
         pool_sizes=sizes,
-        utilisation=utilisation(busy, wall, sizes),
+        utilisation=utilisation(progress.busy, wall, sizes),
     )

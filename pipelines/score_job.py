@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +84,9 @@ def scorer_pools(job: JobSpec) -> dict[str, PoolSpec]:
     return {"scorer": scorer, "decode": decode, "encode": encode}
 
 
-def run_score(job: JobSpec, log: Callable[[str], None] = lambda s: None, sources: tuple[str, ...] = ()) -> JobSummary:
+def run_score(
+    job: JobSpec, log: Callable[[str], None] = lambda s: None, sources: tuple[str, ...] = (), display=None
+) -> JobSummary:
     """Score every ok pair of `job.output` whose scores are not the job's evaluate settings', in place."""
     from anyv2v_batch.evaluation import scoring_identity
     from anyv2v_batch.operators.lock import OutputLock
@@ -99,18 +100,15 @@ def run_score(job: JobSpec, log: Callable[[str], None] = lambda s: None, sources
     check_writable(output, "output")
     job = dataclasses.replace(job, scoring=scoring_identity(job.evaluate))
     with OutputLock(output):
-        return _score_locked(job, shards, sources, log, started)
+        return _score_locked(job, shards, sources, log, started, display)
 
 
-def _score_locked(job: JobSpec, shards: list[str], sources: tuple[str, ...], log, started: float) -> JobSummary:
-    import ray
-    import ray.data
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
-
-    from anyv2v_batch.operators.decode import decode_clip
-    from anyv2v_batch.operators.rescore import read_pairs_to_score, rescored_parts
-    from anyv2v_batch.operators.scorer_pool import ScorerPool
-    from anyv2v_batch.operators.write import compact_shard, shards_with_parts, write_part
+def _score_locked(
+    job: JobSpec, shards: list[str], sources: tuple[str, ...], log, started: float, display
+) -> JobSummary:
+    from anyv2v_batch.operators.work import one_line
+    from anyv2v_batch.operators.write import compact_shard, shards_with_parts
+    from anyv2v_batch.pipelines.progress import JobProgress
 
     output = job.output
     for sid in sorted(shards_with_parts(output)):  # an interrupted run or score: its parts are complete
@@ -119,44 +117,69 @@ def _score_locked(job: JobSpec, shards: list[str], sources: tuple[str, ...], log
     todo = sum(len(i["rows"]) for i in items)
     log(f"{len(shards)} shards; {todo} pairs to score, {done} already scored with these settings in {output}")
     where = source_map([r for i in items for r in i["rows"]], sources)
-    counts: Counter[str] = Counter()
-    busy = 0.0
-    if items:
-        init_ray(job)
-        pools = scorer_pools(job)
-        work_items = [
-            {"shard_id": i["shard_id"], "rows": [json.dumps(r, default=list) for r in i["rows"]], "sources": where}
-            for i in items
-        ]
-        scorer, decode, encode = pools["scorer"], pools["decode"], pools["encode"]
-        ds = ray.data.from_items(work_items, override_num_blocks=len(work_items))
-        ds = ds.flat_map(read_pairs_to_score, fn_kwargs={"job": job}, num_cpus=decode.num_cpus)
-        ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
-        ds = ds.map_batches(
-            ScorerPool, compute=ActorPoolStrategy(size=scorer.size), batch_size=scorer.batch_size,
-            num_gpus=scorer.num_gpus, num_cpus=scorer.num_cpus,
-            fn_constructor_kwargs={"job": job, "num_cpus": scorer.num_cpus},
-        )  # fmt: skip
-        ds = ds.flat_map(rescored_parts, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
-        ds = ds.map(write_part, fn_kwargs={"output": output}, num_cpus=encode.num_cpus)
-        for row in ds.iter_rows():
-            counts["ok"] += 1
-            if row.get("passed") is False:
-                counts["failed_checks"] += 1
-                counts["filtered"] += job.evaluate.mode == "route"
-            busy += json.loads(row["seconds"]).get("scorer", 0.0)
-        compact = ray.remote(compact_shard).options(num_cpus=encode.num_cpus)
-        ray.get([compact.remote(output, i["shard_id"]) for i in items])
+    failed_checks = 0
+    progress = JobProgress(
+        todo, output, {"scorer": 1}, unit="pairs scored", done_before=done, display=display,
+        routes_failures=job.evaluate.mode == "route",
+    )  # fmt: skip
+    progress.start()
+    try:
+        if items:
+            with progress.ticking():
+                failed_checks = _score_items(job, items, where, progress)
+    except BaseException as e:
+        progress.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
+        raise
+    progress.finish()
     return JobSummary(
         output=output,
         unit="(clip, variant) pairs scored",
         shards=len(shards),
         pairs_done_before=done,
-        processed=counts["ok"],
-        ok=counts["ok"],
+        processed=progress.done,
+        ok=progress.done,
         errors=0,
         seconds=time.perf_counter() - started,
         error_examples=[],
-        filtered=counts["filtered"],
-        failed_checks=counts["failed_checks"],
+        filtered=progress.filtered,
+        failed_checks=failed_checks,
     )
+
+
+def _score_items(job: JobSpec, items: list[dict[str, Any]], where: dict[str, str], progress) -> int:
+    """Run the scoring dataset over the items and compact their shards; returns the failed-check count."""
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    from anyv2v_batch.operators.decode import decode_clip
+    from anyv2v_batch.operators.rescore import read_pairs_to_score, rescored_parts
+    from anyv2v_batch.operators.scorer_pool import ScorerPool
+    from anyv2v_batch.operators.write import compact_shard, write_part
+
+    output = job.output
+    failed_checks = 0
+    init_ray(job)
+    pools = scorer_pools(job)
+    progress.pool_sizes = {"scorer": pools["scorer"].size}  # known once Ray is up
+    work_items = [
+        {"shard_id": i["shard_id"], "rows": [json.dumps(r, default=list) for r in i["rows"]], "sources": where}
+        for i in items
+    ]
+    scorer, decode, encode = pools["scorer"], pools["decode"], pools["encode"]
+    ds = ray.data.from_items(work_items, override_num_blocks=len(work_items))
+    ds = ds.flat_map(read_pairs_to_score, fn_kwargs={"job": job}, num_cpus=decode.num_cpus)
+    ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
+    ds = ds.map_batches(
+        ScorerPool, compute=ActorPoolStrategy(size=scorer.size), batch_size=scorer.batch_size,
+        num_gpus=scorer.num_gpus, num_cpus=scorer.num_cpus,
+        fn_constructor_kwargs={"job": job, "num_cpus": scorer.num_cpus},
+    )  # fmt: skip
+    ds = ds.flat_map(rescored_parts, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
+    ds = ds.map(write_part, fn_kwargs={"output": output}, num_cpus=encode.num_cpus)
+    for row in ds.iter_rows():
+        progress.add(row)
+        failed_checks += row.get("passed") is False
+    compact = ray.remote(compact_shard).options(num_cpus=encode.num_cpus)
+    ray.get([compact.remote(output, i["shard_id"]) for i in items])
+    return failed_checks

@@ -8,6 +8,7 @@ variants; then a rerun over the same output.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -109,12 +110,13 @@ def job_run(ray_local, tmp_path_factory):
     inputs_before = digest_tree(root / "shards")
     path = job_file(root)
     with pytest.MonkeyPatch.context() as mp:
-        captured = []
+        captured, stderr = [], io.StringIO()  # not a terminal: progress comes as plain lines
         mp.setattr("anyv2v_batch.cli._say", lambda quiet, m: captured.append(m))
+        mp.setattr("sys.stderr", stderr)
         with pytest.raises(SystemExit) as e:
             main(["run", str(path)])
             raise SystemExit(0)
-    return root, clips, inputs_before, e.value.code, captured
+    return root, clips, inputs_before, e.value.code, captured, stderr.getvalue()
 
 
 EXPECTED_STATUS = {
@@ -127,7 +129,7 @@ EXPECTED_STATUS = {
 
 
 def test_job_writes_one_row_per_clip_and_variant(job_run):
-    root, _, inputs_before, code, log = job_run
+    root, _, inputs_before, code, log, _ = job_run
     assert code == 0, log
     assert "14 (clip, variant) pairs processed: 7 ok, 7 errors" in log[-1]
     table = pq.read_table(root / "out" / "metadata").to_pylist()
@@ -147,6 +149,29 @@ def test_job_writes_one_row_per_clip_and_variant(job_run):
     assert digest_tree(root / "shards") == inputs_before  # inputs untouched
     assert not (root / "out" / "_parts").exists()
     assert not [p for p in (root / "out").rglob(".*")]  # no temporary files
+
+
+def progress_file(out: Path) -> dict:
+    return json.loads((out / "_progress.json").read_text())
+
+
+def test_progress_counts_every_row_from_the_tar_headers(job_run):
+    """The total, counted from the shards' headers before work started (the bad video, the short one,
+    the sample without an edited frame and the one lacking its caption included), is the rows written."""
+    root, _, _, code, log, stderr = job_run
+    assert code == 0, log
+    rows = pq.read_table(root / "out" / "metadata").num_rows
+    assert log[0].endswith("0 (clip, variant) pairs already done in " + str(root / "out") + f"; {rows} to do")
+    progress = progress_file(root / "out")
+    assert progress["state"] == "finished" and progress["total"] == progress["done"] == rows == 14
+    assert (progress["ok"], progress["error"], progress["filtered"], progress["eta_seconds"]) == (7, 7, 0, 0.0)
+    assert set(progress["busy_share"]) == {"editor", "inversion", "sampler"}
+    assert 0 < progress["busy_share"]["inversion"] <= 1 and progress["rate"] == 14 / progress["elapsed_seconds"]
+    lines = [line for line in stderr.split("\n") if line.startswith("progress: ")]
+    assert lines and not any("\r" in line for line in lines), stderr  # plain lines: the stream is no terminal
+    assert lines[-1].startswith("progress: 14/14 pairs (100%), 7 ok, 7 error, 0 filtered; ") and lines[-1].endswith(
+        "; finished"
+    )
 
 
 def test_output_shards_hold_exactly_the_ok_pairs(job_run):
@@ -201,6 +226,9 @@ def test_rerun_adds_nothing(job_run):
             raise SystemExit(0)
     assert e.value.code == 0
     assert "7 already done" in captured[-1] and "7 (clip, variant) pairs processed: 0 ok, 7 errors" in captured[-1]
+    assert captured[0].endswith("; 7 to do")  # the errors, retried
+    progress = progress_file(root / "out")
+    assert (progress["state"], progress["total"], progress["done"], progress["done_before"]) == ("finished", 7, 7, 7)
     assert digest_tree(root / "out" / "shards") == before  # byte for byte
     rows_after = pq.read_table(root / "out" / "metadata").to_pylist()
     assert len(rows_after) == len(rows_before)

@@ -305,6 +305,9 @@ def test_the_output_holds_only_the_good_samples_and_nothing_is_written_elsewhere
     out = read_tar(root / "out" / "shards" / "000000.tar")
     assert list(out) == [f"clip{i}.wc.{e}" for i in (0, 1) for e in ("json", "mp4", "png")]
     files = sorted(str(p.relative_to(root / "out")) for p in (root / "out").rglob("*") if p.is_file())
-    assert files == ["metadata/000000.parquet", "shards/000000.tar"]
+    assert files == ["_progress.json", "metadata/000000.parquet", "shards/000000.tar"]
+    # the total counted from the headers before work (damage, unsafe keys, limits) is the rows written
+    progress = json.loads((root / "out" / "_progress.json").read_text())
+    assert (progress["state"], progress["total"], progress["done"]) == ("finished", len(EXPECTED), len(EXPECTED))
     assert written == {"root": set(), "base": set(), "tmp": set()}
     assert not Path("/tmp/abs-evil.wc.mp4").exists() and not (root / "evil.wc.mp4").exists()

@@ -7,6 +7,7 @@ mid-job and the job rerun. Every result is compared byte for byte with a local-d
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -111,14 +112,16 @@ def s3_outputs(prefix: str) -> tuple[dict[str, bytes], list[tuple[str, str, str]
 
     stored = objects(f"{prefix}")
     names = {k[len(prefix) + 1 :] for k in stored}
-    assert all(n.startswith(("shards/", "metadata/")) for n in names), sorted(names)
+    assert all(n.startswith(("shards/", "metadata/")) or n == "_progress.json" for n in names), sorted(names)
+    progress = json.loads(stored[f"{prefix}/_progress.json"])  # the last run's, written to the bucket
+    assert progress["state"] == "finished" and progress["done"] == progress["total"], progress
     files, rows = {}, []
     for name, data in sorted(stored.items()):
         short = name[len(prefix) + 1 :]
         if short.startswith("shards/"):
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                 files |= {f"{Path(short).name}/{m.name}": tar.extractfile(m).read() for m in tar.getmembers()}
-        else:
+        elif short.startswith("metadata/"):
             rows += pq.read_table(io.BytesIO(data)).to_pylist()
     return files, sorted((r["key"], r["variant"], r["status"]) for r in rows), rows
 
@@ -268,6 +271,10 @@ def test_invert_then_run_on_s3_while_a_second_run_is_refused(ray_address, inputs
         f"inversions/shards/{s:06d}.tar" for s in range(SHARDS)
     ]
     assert not any("_parts" in k or "_lock" in k for k in stored)
+    inverted = json.loads(stored["inversions/_progress.json"])  # invert's progress: in the store
+    clips = SHARDS * CLIPS_PER_SHARD
+    assert (inverted["state"], inverted["unit"], inverted["total"], inverted["done"]) == ("finished", "inversions",
+                                                                                         clips, clips)  # fmt: skip
 
     locked, go, original = threading.Event(), threading.Event(), anyv2v_job._run_locked
 

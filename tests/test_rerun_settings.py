@@ -63,7 +63,9 @@ def cli(argv: list, capsys) -> tuple[int, list[str]]:
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """Every file of the output but the run's progress record (timestamps)."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "_progress.json")
+    return {str(p.relative_to(out)): p.read_bytes() for p in files}
 
 
 def rows(out: Path) -> dict[tuple[str, str], dict]:
@@ -74,6 +76,8 @@ def rows(out: Path) -> dict[tuple[str, str], dict]:
 def test_a_changed_variant_is_refused_then_redone_to_equal_a_fresh_run(ray_local, tmp_path, shard, capsys):
     code, err = cli(["run", job(tmp_path, shard, "out"), "-q"], capsys)
     assert code == 0, err
+    assert not [line for line in err if "progress: " in line], err  # -q: no progress line, but the file
+    assert json.loads((tmp_path / "out" / "_progress.json").read_text())["state"] == "finished"
     first = snapshot(tmp_path / "out")
     before = rows(tmp_path / "out")
     assert {r["status"] for r in before.values()} == {"ok"} and len(before) == 4
