@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.evaluation import METRICS as ALL_METRICS
 from anyv2v_batch.operators.storage import filesystem, join, list_files
 
 
@@ -35,18 +36,11 @@ class Metric:
         return f"score_{self.name}"
 
 
-# the score columns a job may write (issue 11); source similarity near 1 means the edit did not happen,
-# so its worst values are its highest
-METRICS = (
-    Metric("clip_text", "CLIP text"),
-    Metric("clip_consecutive", "CLIP consecutive"),
-    Metric("edit_hold", "edit hold"),
-    Metric("source_similarity", "source similarity", higher_is_better=False),
-    Metric("motion_fidelity", "motion fidelity"),
-    Metric("aesthetic_min", "aesthetic min"),
-    Metric("aesthetic_mean", "aesthetic mean"),
-)
-STAGES = ("read", "decode", "editor", "inversion", "sampler", "scorer", "encode")  # an older output has no scorer
+# the score columns a job may write (evaluation.METRICS); source similarity near 1 means the edit did not
+# happen, so its worst values are its highest
+LOWER_IS_BETTER = {"source_similarity"}
+METRICS = tuple(Metric(m, m.replace("_", " ").replace("clip", "CLIP"), m not in LOWER_IS_BETTER) for m in ALL_METRICS)
+STAGES = ("read", "decode", "editor", "inversion", "sampler", "scorer", "encode")  # operators/encode.STAGES
 COLUMNS = (
     "shard_id", "key", "variant", "status", "error", "source_shard", "prompt", "frames", "fps", "width", "height",
     "passed", "failed_checks", "routed", "scorer", "score_error",
