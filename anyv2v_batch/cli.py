@@ -486,10 +486,19 @@ def score(
         Path | None, typer.Option("--job", help="Job file: its `evaluate:` and `pools:` apply; flags override.")
     ] = None,
     evaluate_model: Annotated[str | None, typer.Option(help=EVALUATE_MODEL_HELP)] = None,
+    input: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="Clips edited by another tool (WebDataset shards; repeatable): OUT is new."),
+    ] = None,
     sources: Annotated[
         list[str] | None,
-        typer.Option("--sources", help="Where the source shards are now, if moved (matched by file name; repeatable)."),
+        typer.Option(
+            "--sources",
+            help="The source shards: where they are now if moved (matched by file name), or, with --input, "
+            "those of the edited clips (matched by key). Repeatable.",
+        ),
     ] = None,
+    name: Annotated[str, typer.Option(help="With --input: the variant name of the edited clips.")] = "edited",
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray address (default: RAY_ADDRESS, else a local Ray).")] = None,
     set_: Annotated[
@@ -508,6 +517,12 @@ def score(
     overrides: dict = parse_set(set_ or [])
     overrides.setdefault("evaluate.mode", "on")
     given = {"evaluate.model": evaluate_model, "device": device, "ray.address": address, "output": output}
+    if input:
+        given["input"] = list(input)
+        from .job import VARIANT_NAME
+
+        if not VARIANT_NAME.match(name):
+            raise AnyV2VError(f"--name must be letters, digits, '-' or '_', got {name!r}")
     overrides |= {k: v for k, v in given.items() if v is not None}
     job = load_job(job_file, overrides, mode="score")
 
@@ -515,7 +530,7 @@ def score(
     from .pipelines.score_job import run_score
 
     display = ProgressDisplay(stream=None if quiet else sys.stderr, every=progress_every)
-    summary = run_score(job, log=lambda m: _say(quiet, m), sources=tuple(sources or ()), display=display)
+    summary = run_score(job, log=lambda m: _say(quiet, m), sources=tuple(sources or ()), display=display, name=name)
     _say(quiet, summary.line())
 
 

@@ -8,12 +8,16 @@ their new rows written as row-only parts (compaction then re-routes the files; n
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import tarfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
+from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.job import EditorSpec, JobSpec
 from anyv2v_batch.operators.encode import PairResult, score_fields
 from anyv2v_batch.operators.read_shards import VIDEO_EXTENSIONS, iter_samples, split_member
@@ -115,3 +119,119 @@ def rescored_parts(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]
             work.shard, work.shard_id, work.key, variant.name, "ok", "", new, {}, seconds={"scorer": seconds}
         )
         yield {"pair": pair}
+
+
+# ---- clips edited by other tools: a plain WebDataset of `<key>.mp4` (+ `.edited.png`, `.json` / `.txt`)
+
+EDITED_FRAME_EXTENSIONS = ("edited.png", "edited.jpg", "png", "jpg")
+
+
+def clip_geometry(data: bytes, label: str) -> tuple[ClipSettings, np.ndarray]:
+    """An edited clip's own frame count, frame rate and size (it is scored as it is), and its first frame."""
+    from anyv2v_batch.video_decode import decoders_to_try, open_video
+
+    failures = []
+    for which in decoders_to_try("auto"):
+        try:
+            video = open_video(io.BytesIO(data), which)
+            first = video.frames([0])[0]
+            if not video.fps > 0 or video.num_frames < 2:
+                raise ValueError("no frame rate or fewer than 2 frames")
+            height, width = first.shape[:2]
+            clip = ClipSettings(frames=video.num_frames, fps=float(video.fps), width=int(width), height=int(height))
+            return clip, first
+        except Exception as e:  # noqa: BLE001 - decord and PyAV raise many kinds
+            failures.append(f"{which}: {one_line(e)}")
+    raise ValueError(f"cannot read the edited clip {label!r} ({'; '.join(failures)})")
+
+
+def read_edited_samples(item: dict[str, Any], job: JobSpec, name: str) -> Iterator[dict[str, Any]]:
+    """flat_map: {shard, shard_id, done, sources: {key: source shard URL}} -> {"work": ClipWork} per edited
+    clip not yet scored. The source is brought to the edited clip's frames, fps and size (stretch); the
+    edited first frame is `<key>.edited.png` (or `.png` / `.jpg`), else the clip's own first frame; the
+    prompt is the `.json`'s `prompt` or `caption`, or the `.txt`."""
+    from anyv2v_batch.imaging import fit_frame
+    from anyv2v_batch.operators.read_shards import sample_metadata
+    from anyv2v_batch.operators.work import pair_id
+
+    done, started = set(item["done"]), time.perf_counter()
+    by_source: dict[str, list] = {}
+    edited = []
+    for sample in iter_samples(item["shard"], job.limits):
+        if pair_id(sample.key, name) in done:
+            continue
+        edited.append(sample)
+        by_source.setdefault(item["sources"].get(sample.key, ""), []).append(sample.key)
+    videos: dict[str, tuple[str, bytes]] = {}
+    for source, keys in by_source.items():
+        if source:
+            videos |= _source_videos(source, set(keys), job)
+    for sample in edited:
+        files, key = sample.files, sample.key
+        ext = next((e for e in VIDEO_EXTENSIONS if e in files), "")
+        variant = VariantWork(name, EditSettings(), EditorSpec("external"), mp4=files.get(ext))
+        clip, error = ClipSettings(), sample.error
+        try:
+            if not error and not ext:
+                raise ValueError(f"sample {key!r} has no edited clip ({', '.join('.' + e for e in VIDEO_EXTENSIONS)})")
+            if not error:
+                clip, variant.first_frame = clip_geometry(files[ext], f"{key}.{ext}")
+                meta = sample_metadata(key, files)
+                prompt = meta.get("prompt") or meta.get("caption")
+                if not isinstance(prompt, str) or not prompt:
+                    raise ValueError(f"sample {key!r} has no prompt (.json `prompt` / `caption`, or .txt)")
+                variant.settings = dataclasses.replace(EditSettings(), prompt=prompt)
+                frame_ext = next((e for e in EDITED_FRAME_EXTENSIONS if e in files), "")
+                if frame_ext:
+                    image = read_image(
+                        files[frame_ext], name=f"{key}.{frame_ext}", max_pixels=job.limits.max_image_pixels
+                    )
+                    variant.first_frame = fit_frame(image, clip.width, clip.height)
+                if key not in videos:
+                    raise ValueError(f"no source clip for {key!r} in the --sources shards")
+        except (ValueError, AnyV2VError) as e:
+            error = str(e)
+        source_ext, video = videos.get(key, ("", None))
+        work = ClipWork(
+            shard=item["sources"].get(key, ""), shard_id=item["shard_id"], key=key,
+            meta={"edited_shard": item["shard"]}, files={}, video=video, video_ext=source_ext, clip=clip,
+            inversion_settings=InversionSettings(), variants=[variant], error=error,
+        )  # fmt: skip
+        work.seconds["read"] = time.perf_counter() - started
+        started = time.perf_counter()
+        yield {"work": work}
+
+
+def external_parts(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
+    """flat_map: a scored edited clip -> its part: the clip, its first frame and a row with the scores,
+    or an error row."""
+    from anyv2v_batch.operators.encode import STAGES
+    from anyv2v_batch.video_io import encode_png
+
+    work: ClipWork = row["work"]
+    variant = work.variants[0]
+    error = work.error or variant.error
+    status = "error" if error else "ok"
+    c = work.clip
+    record = {"key": work.key, "variant": variant.name, "edited_shard": work.meta.get("edited_shard", ""),
+              "source_shard": work.shard, "prompt": variant.settings.prompt, "source": work.source,
+              "clip": dataclasses.asdict(c), "editor": {"name": "external", "options": {}}}  # fmt: skip
+    files: dict[str, bytes] = {}
+    if not error:
+        first = variant.first_frame
+        files = {
+            "mp4": variant.mp4,
+            "png": encode_png(first),
+            "json": json.dumps(record, sort_keys=True, indent=1).encode(),
+        }
+    seconds = {**work.seconds, **variant.seconds}
+    new = {
+        "source_shard": work.shard, "shard_id": work.shard_id, "key": work.key, "variant": variant.name,
+        "output_key": f"{work.key}.{variant.name}", "status": status, "error": error, "editor": "external",
+        "prompt": variant.settings.prompt, "frames": c.frames, "fps": float(c.fps), "width": c.width,
+        "height": c.height, "settings": json.dumps(record, sort_keys=True),
+        **{f"seconds_{k}": float(seconds.get(k, 0.0)) for k in STAGES},
+        **score_fields(job, variant, status),
+    }  # fmt: skip
+    yield {"pair": PairResult(work.shard, work.shard_id, work.key, variant.name, status, error, new, files,
+                              seconds=seconds)}  # fmt: skip

@@ -85,9 +85,15 @@ def scorer_pools(job: JobSpec) -> dict[str, PoolSpec]:
 
 
 def run_score(
-    job: JobSpec, log: Callable[[str], None] = lambda s: None, sources: tuple[str, ...] = (), display=None
+    job: JobSpec,
+    log: Callable[[str], None] = lambda s: None,
+    sources: tuple[str, ...] = (),
+    display=None,
+    name: str = "edited",
 ) -> JobSummary:
-    """Score every ok pair of `job.output` whose scores are not the job's evaluate settings', in place."""
+    """Score every ok pair of `job.output` whose scores are not the job's evaluate settings', in place; or,
+    with `job.input` (clips edited by another tool), score those against `sources` into `job.output`,
+    under the variant `name`."""
     from anyv2v_batch.evaluation import scoring_identity
     from anyv2v_batch.operators.lock import OutputLock
     from anyv2v_batch.operators.storage import check_writable
@@ -96,11 +102,117 @@ def run_score(
     if not job.evaluate.enabled:
         raise AnyV2VError("score needs scoring switched on: --evaluate (or --set evaluate.mode=score, flag or route)")
     output = job.output
+    if job.input:
+        return run_score_edited(job, log, sources, display, started, name)
     shards = check_output(output)
     check_writable(output, "output")
     job = dataclasses.replace(job, scoring=scoring_identity(job.evaluate))
     with OutputLock(output):
         return _score_locked(job, shards, sources, log, started, display)
+
+
+def source_index(sources: tuple[str, ...], job: JobSpec) -> dict[str, str]:
+    """key -> the source shard holding it, from the shards' tar headers (no video is read here)."""
+    from anyv2v_batch.operators.read_shards import sample_keys
+    from anyv2v_batch.operators.storage import expand_inputs
+
+    index: dict[str, str] = {}
+    for url in expand_inputs(sources):
+        for key in sample_keys(url, job.limits):
+            if key in index:
+                raise AnyV2VError(f"source clip {key!r} is in both {index[key]!r} and {url!r}; keys must be unique")
+            if key:
+                index[key] = url
+    return index
+
+
+def run_score_edited(
+    job: JobSpec, log, sources: tuple[str, ...], display, started: float, name: str = "edited"
+) -> JobSummary:
+    """`score OUT --input EDITED --sources SOURCES`: clips edited by another tool (a plain WebDataset of
+    `<key>.mp4`, an optional `<key>.edited.png` and a prompt in `.json` / `.txt`) scored against their
+    sources, into a new output of the usual layout (their clips in shards/ or filtered/shards/, a row each)."""
+    from anyv2v_batch.evaluation import scoring_identity
+    from anyv2v_batch.operators.lock import OutputLock
+    from anyv2v_batch.operators.read_shards import sample_keys
+    from anyv2v_batch.operators.storage import check_writable
+    from anyv2v_batch.operators.work import one_line, pair_id
+    from anyv2v_batch.operators.write import finished_rows
+    from anyv2v_batch.pipelines.anyv2v_job import input_shards
+    from anyv2v_batch.pipelines.progress import JobProgress
+
+    if not sources:
+        raise AnyV2VError("scoring clips made by another tool needs their source clips: give --sources SHARDS")
+    if job.output.rstrip("/") in {i.rstrip("/") for i in (*job.input, *sources)}:
+        raise AnyV2VError("the output is the same as an input; choose another location")
+    shards = input_shards(job)  # edited shards: exist, names unique
+    index = source_index(sources, job)
+    check_writable(job.output, "output")
+    job = dataclasses.replace(job, scoring=scoring_identity(job.evaluate))
+    with OutputLock(job.output):
+        items, done, total = [], 0, 0
+        for sid, url in shards.items():
+            rows = finished_rows(job.output, sid)
+            current = sorted(
+                p for p, r in rows.items() if r["status"] == "ok" and r.get("evaluate_fingerprint") == job.scoring[0]
+            )
+            done += len(current)
+            total += sum(pair_id(key, name) not in set(current) for key in sample_keys(url, job.limits))
+            items.append({"shard": url, "shard_id": sid, "done": current, "sources": index})
+        log(f"{len(items)} shards of edited clips; {done} already scored with these settings in {job.output}")
+        progress = JobProgress(
+            total, job.output, {"scorer": 1}, unit="clips scored", done_before=done, display=display,
+            routes_failures=job.evaluate.mode == "route",
+        )  # fmt: skip
+        progress.start()
+        try:
+            with progress.ticking():
+                failed_checks = _score_edited_items(job, items, name, progress)
+        except BaseException as e:
+            progress.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
+            raise
+        progress.finish()
+    return JobSummary(
+        output=job.output, unit="edited clips scored", shards=len(items), pairs_done_before=done,
+        processed=progress.done, ok=progress.ok + progress.filtered, errors=progress.error,
+        seconds=time.perf_counter() - started, error_examples=[], filtered=progress.filtered,
+        failed_checks=failed_checks,
+    )  # fmt: skip
+
+
+def _score_edited_items(job: JobSpec, items: list[dict[str, Any]], name: str, progress) -> int:
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    from anyv2v_batch.operators.decode import decode_clip
+    from anyv2v_batch.operators.rescore import external_parts, read_edited_samples
+    from anyv2v_batch.operators.scorer_pool import ScorerPool
+    from anyv2v_batch.operators.storage import join, remove_if_empty
+    from anyv2v_batch.operators.write import compact_shard, shards_with_parts, write_part
+
+    init_ray(job)
+    pools = scorer_pools(job)
+    progress.pool_sizes = {"scorer": pools["scorer"].size}  # known once Ray is up
+    scorer, decode, encode = pools["scorer"], pools["decode"], pools["encode"]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.flat_map(read_edited_samples, fn_kwargs={"job": job, "name": name}, num_cpus=decode.num_cpus)
+    ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
+    ds = ds.map_batches(
+        ScorerPool, compute=ActorPoolStrategy(size=scorer.size), batch_size=scorer.batch_size,
+        num_gpus=scorer.num_gpus, num_cpus=scorer.num_cpus,
+        fn_constructor_kwargs={"job": job, "num_cpus": scorer.num_cpus},
+    )  # fmt: skip
+    ds = ds.flat_map(external_parts, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
+    ds = ds.map(write_part, fn_kwargs={"output": job.output}, num_cpus=encode.num_cpus)
+    failed_checks = 0
+    for row in ds.iter_rows():
+        progress.add(row)
+        failed_checks += row.get("passed") is False
+    compact = ray.remote(compact_shard).options(num_cpus=encode.num_cpus)
+    ray.get([compact.remote(job.output, sid) for sid in sorted(shards_with_parts(job.output))])
+    remove_if_empty(join(job.output, "_parts"))
+    return failed_checks
 
 
 def _score_locked(
@@ -155,6 +267,7 @@ def _score_items(job: JobSpec, items: list[dict[str, Any]], where: dict[str, str
     from anyv2v_batch.operators.decode import decode_clip
     from anyv2v_batch.operators.rescore import read_pairs_to_score, rescored_parts
     from anyv2v_batch.operators.scorer_pool import ScorerPool
+    from anyv2v_batch.operators.storage import join, remove_if_empty
     from anyv2v_batch.operators.write import compact_shard, write_part
 
     output = job.output
@@ -182,4 +295,5 @@ def _score_items(job: JobSpec, items: list[dict[str, Any]], where: dict[str, str
         failed_checks += row.get("passed") is False
     compact = ray.remote(compact_shard).options(num_cpus=encode.num_cpus)
     ray.get([compact.remote(output, i["shard_id"]) for i in items])
+    remove_if_empty(join(output, "_parts"))
     return failed_checks

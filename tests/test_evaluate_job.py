@@ -179,3 +179,58 @@ def test_score_routes_an_existing_output_in_place_without_touching_clips(ray_loc
     assert not (out2 / "filtered/shards/000000.tar").exists()
     assert all(r["passed"] for r in rows_of(out2).values() if r["status"] == "ok")
     assert tar_members(out2 / "shards/000000.tar") == all_members(out)
+
+
+def test_clips_edited_by_another_tool_are_scored_against_their_sources(ray_local, inputs, tiny_clip, capsys):
+    """`score OUT --input EDITED --sources SOURCES`: a plain WebDataset of edited clips, scored as they are
+    (their own frames, fps and size; the source brought to them), so methods compare on the same metrics."""
+    from anyv2v_batch.scores import Scorer
+
+    root = inputs
+    source_tar = read_tar(root / "shards" / "000000.tar")
+    clips = {k: read_video(io.BytesIO(source_tar[f"{k}.mp4"]), 10, 10, 40, 24).frames for k in ("clip0", "clip1")}
+    theirs = {k: np.clip(c.astype(int)[..., ::-1] + 15, 0, 255).astype(np.uint8) for k, c in clips.items()}
+    edited_png = png(recolor(theirs["clip1"][0]))
+    write_shard(
+        root / "theirs" / "000000.tar",
+        [
+            ("clip0.mp4", mp4(theirs["clip0"], fps=10)),
+            ("clip0.json", json.dumps({"prompt": "a blue car"}).encode()),
+            ("clip1.mp4", mp4(theirs["clip1"], fps=10)),
+            ("clip1.txt", b"a snowy day"),
+            ("clip1.edited.png", edited_png),
+            ("clip2.mp4", mp4(theirs["clip0"], fps=10)),  # no prompt
+            ("ghost.mp4", mp4(theirs["clip0"], fps=10)),
+            ("ghost.txt", b"a ghost"),  # no source clip
+        ],
+    )
+    out = root / "theirs-scored"
+    argv = ["score", str(out), "--input", str(root / "theirs" / "000000.tar"), "--sources",
+            str(root / "shards" / "*.tar"), "--evaluate-model", str(tiny_clip), "--name", "other-tool",
+            "-q"]  # fmt: skip
+    code, _, err = cli(argv, capsys)
+    assert code == 0, err
+    rows = rows_of(out)
+    assert sorted(rows) == [("clip0", "other-tool"), ("clip1", "other-tool"), ("clip2", "other-tool"),
+                            ("ghost", "other-tool")]  # fmt: skip
+    assert "no prompt" in rows[("clip2", "other-tool")]["error"]
+    assert "no source clip for 'ghost'" in rows[("ghost", "other-tool")]["error"]
+    scorer = Scorer(str(tiny_clip))
+    members = read_tar(out / "shards" / "000000.tar")
+    for key, prompt, first in (("clip0", "a blue car", None), ("clip1", "a snowy day", read_image(edited_png))):
+        row = rows[(key, "other-tool")]
+        assert row["status"] == "ok" and (row["frames"], row["fps"], row["width"], row["height"]) == (10, 10, 40, 24)
+        data = read_tar(root / "theirs" / "000000.tar")[f"{key}.mp4"]
+        assert members[f"{key}.other-tool.mp4"] == data  # their clip, byte for byte
+        output = read_video(io.BytesIO(data), 10, 10, 40, 24).frames
+        source = read_video(io.BytesIO(source_tar[f"{key}.mp4"]), 10, 10, 40, 24).frames
+        expected = scorer.score(output, source, output[0] if first is None else first, prompt)
+        for m in CLIP_METRICS:
+            assert abs(row[f"score_{m}"] - expected[f"score_{m}"]) <= 1e-6, (key, m)
+    # a rerun scores nothing again (the error rows are retried, to the same errors); the tar keeps its bytes
+    before = (out / "shards" / "000000.tar").read_bytes()
+    code, _, err = cli(argv[:-1], capsys)
+    assert code == 0 and "2 already scored" in err, err
+    assert (out / "shards" / "000000.tar").read_bytes() == before
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("seconds_")}  # noqa: E731
+    assert {p: strip(r) for p, r in rows_of(out).items()} == {p: strip(r) for p, r in rows.items()}
