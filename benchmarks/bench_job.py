@@ -2,6 +2,7 @@
 
     python benchmarks/bench_job.py                      # tiny fixture model, CPU, synthetic shards
     python benchmarks/bench_job.py --clips 16 --workers 1 2 4
+    python benchmarks/bench_job.py --evaluate            # with the scorer pool (a tiny random CLIP)
 
 Per configuration: wall seconds, clips and (clip, variant) outputs per hour, mean seconds per clip in
 each stage, and each GPU pool's utilisation (busy share of its actors' time). On a CPU the "GPU"
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "anyv2v-reference" / "tiny-i2vgen-xl"
-STAGES = ("read", "decode", "editor", "inversion", "sampler", "encode")
+STAGES = ("read", "decode", "editor", "inversion", "sampler", "scorer", "encode")
 
 
 def make_shards(folder: Path, clips: int, shards: int, size: int) -> None:
@@ -56,6 +57,8 @@ def main() -> None:
     p.add_argument("--inversion-steps", type=int, default=100)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--cpus", type=float, default=None, help="CPUs of the local Ray instance")
+    p.add_argument("--evaluate", action="store_true", help="score every output (scorer pool)")
+    p.add_argument("--evaluate-model", default=None, help="CLIP model (default: a tiny random one built here)")
     args = p.parse_args()
 
     import ray
@@ -65,6 +68,13 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="anyv2v-bench-"))
     make_shards(work / "in", args.clips, args.shards, args.size)
+    evaluate = {}
+    if args.evaluate:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import build_tiny_clip
+
+        model = args.evaluate_model or str(build_tiny_clip((work / "tiny-clip").resolve()))
+        evaluate = {"mode": "score", "model": model}
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
     cpus = ray.cluster_resources().get("CPU", 1)
     print(
@@ -84,7 +94,9 @@ def main() -> None:
             "pools": {
                 "decode": {"num_cpus": share}, "encode": {"num_cpus": share}, "editor": {"num_cpus": share},
                 "inversion": {"size": workers, "num_cpus": share}, "sampler": {"size": workers, "num_cpus": share},
+                "scorer": {"num_cpus": share},
             },
+            "evaluate": evaluate,
         })  # fmt: skip
         started = time.perf_counter()
         summary = run_job(job)
@@ -102,6 +114,10 @@ def main() -> None:
         print(f"| {workers} | {wall:.1f} | {len(clips) * 3600 / wall:.0f} | {len(rows) * 3600 / wall:.0f} | "
               + " | ".join(f"{s:.2f}" for s in per_stage) + f" | {util} |", flush=True)  # fmt: skip
         assert summary.errors == 0, json.dumps(summary.error_examples)
+        if args.evaluate:
+            model_seconds = sum(per_stage[STAGES.index(s)] for s in ("inversion", "sampler"))
+            share = per_stage[STAGES.index("scorer")] / model_seconds
+            print(f"  scorer / (inversion + sampler) seconds per clip: {share:.2%}")
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
 

@@ -116,6 +116,7 @@ def score_fields(job: JobSpec, variant: VariantWork, status: str) -> dict[str, A
         "score_error": variant.score_error if scored else "",
         "routed": routed,
         "scorer": job.scoring[1] if scored else "",
+        "scorer_identity": variant.scorer_identity if scored else "",  # model revision, preprocessing, flow
         "evaluate_fingerprint": job.scoring[0] if status == "ok" else "",
     }
 

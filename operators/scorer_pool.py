@@ -11,6 +11,7 @@ scored stays a good pair: it records why (`score_error`) and, when judged, fails
 from __future__ import annotations
 
 import io
+import json
 import time
 from typing import Any
 
@@ -53,6 +54,7 @@ class ScorerPool:
             job.evaluate.model, device=worker_device(job.device), dtype=job.evaluate.dtype,
             aesthetic=job.evaluate.aesthetic,
         )  # fmt: skip
+        self.identity = json.dumps(self.scorer.identity, sort_keys=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         works: list[ClipWork] = list(batch["work"])
@@ -72,7 +74,7 @@ class ScorerPool:
         def run(items: list[tuple[ClipWork, VariantWork]]) -> None:
             inputs = [(written_frames(w, v), w.frames, v.first_frame, v.settings.prompt) for w, v in items]
             for (_, variant), scores in zip(items, self.scorer.score_many(inputs), strict=True):
-                variant.scores = scores
+                variant.scores, variant.scorer_identity = scores, self.identity
 
         def fail(item: tuple[ClipWork, VariantWork], e: BaseException) -> None:
             item[1].score_error = one_line(e)

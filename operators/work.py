@@ -36,6 +36,7 @@ class VariantWork:
     passed: bool | None = None  # the thresholds' verdict (evaluate mode flag / route)
     failed_checks: list[str] = field(default_factory=list)
     score_error: str = ""  # why the pair could not be scored (the pair itself is fine)
+    scorer_identity: str = ""  # what scored it, as the scorer actor reports it (scores.Scorer.identity, JSON)
     mp4: bytes | None = None  # the encoded clip, once made (scored as written; encode reuses it)
     row: dict[str, Any] | None = None  # `anyv2v-batch score`: the pair's existing metadata row
     # False for a variant that is already done but is computed again beside its clip's pending ones,

@@ -109,6 +109,7 @@ def test_every_ok_pair_is_scored_as_written_and_errors_are_not(ray_local, inputs
             continue
         assert row["passed"] is None and row["failed_checks"] is None and row["routed"] == "shards"
         assert json.loads(row["scorer"])["mode"] == "score" and row["evaluate_fingerprint"]
+        assert json.loads(row["scorer_identity"]) == scorer.identity
         assert all(row[f"score_{m}"] is None for m in ("aesthetic_min", "aesthetic_mean"))
         # independently: the written mp4 as decoded, the source as the job fits it, the edited first frame
         base = f"{key}.{variant}"
