@@ -149,3 +149,15 @@ def test_evaluate_flag_takes_the_job_mode_or_flag_with_thresholds_or_score():
     routed = {"input": "i", "output": "o", "evaluate": {"mode": "route", "thresholds": {"clip_text": 0.2}}}
     assert build_job(routed, overrides=on).evaluate.mode == "route"
     assert build_job({"input": "i", "output": "o"}).evaluate.enabled is False
+
+
+def test_every_example_job_is_valid():
+    from pathlib import Path
+
+    from anyv2v_batch.job import load_job
+
+    examples = sorted((Path(__file__).parent.parent / "pipelines" / "examples").glob("*.yaml"))
+    assert len(examples) >= 4
+    jobs = {p.name: load_job(p) for p in examples}
+    routed = jobs["scored_and_routed.yaml"].evaluate
+    assert routed.mode == "route" and dict(routed.thresholds)["source_similarity"] == Threshold(None, 0.97)
