@@ -186,17 +186,23 @@ class _ShardFiles:
 
 
 def _write_tars(output: str, shard_id: str, contents: dict[str, list[tuple[str, str]]], fetch) -> None:
-    """Each place's tar with exactly these pairs, in order; a filtered tar that would be empty is removed."""
+    """Each place's tar with exactly these pairs, in order; a filtered tar that would be empty is removed.
+    The current tars are opened afresh for each tar written: on an object store a handle opened before a
+    tar was replaced would read the old object's bytes, which the store no longer serves."""
     for place, pairs in contents.items():
         url = tar_url(output, place, shard_id)
         if place != "shards" and not pairs:
             remove(url)
             continue
-        with atomic_output(url) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as out:
-            for pair in sorted(pairs):
-                files = fetch(pair)
-                for name in sorted(files):
-                    _add(out, name, files[name])
+        current = _ShardFiles(output, shard_id)
+        try:
+            with atomic_output(url) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as out:
+                for pair in sorted(pairs):
+                    files = fetch(pair, current)
+                    for name in sorted(files):
+                        _add(out, name, files[name])
+        finally:
+            current.close()
 
 
 def compact_shard(output: str, shard_id: str) -> dict[str, int]:
@@ -220,28 +226,23 @@ def compact_shard(output: str, shard_id: str) -> dict[str, int]:
         if place_of(row):
             wanted[place_of(row)].append(pair)
 
-    def fetch_from(current: _ShardFiles):
-        def fetch(pair: tuple[str, str]) -> dict[str, bytes]:
-            url = rows[pair][1]
-            files = read_part(url)[1] if url is not None else {}
-            return files or current.files(pair)  # a row-only part: the files stay as they are
-
-        return fetch
+    def fetch(pair: tuple[str, str], current: _ShardFiles) -> dict[str, bytes]:
+        url = rows[pair][1]
+        files = read_part(url)[1] if url is not None else {}
+        return files or current.files(pair)  # a row-only part: the files stay as they are
 
     current = _ShardFiles(output, shard_id)
     try:
-        moving = {p for place, pairs in wanted.items() for p in pairs if current.place(p) not in (None, place)}
-        if moving:  # first: every moved pair in both tars
-            both = {place: sorted(set(pairs) | {p for p in moving if current.place(p) == place})
-                    for place, pairs in wanted.items()}  # fmt: skip
-            _write_tars(output, shard_id, both, fetch_from(current))
+        places = {pair: current.place(pair) for pair in rows}
     finally:
         current.close()
-    current = _ShardFiles(output, shard_id)
-    try:
-        _write_tars(output, shard_id, wanted, fetch_from(current))
-    finally:
-        current.close()
+    moving = {p for place, pairs in wanted.items() for p in pairs if places[p] not in (None, place)}
+    if moving:  # first: every moved pair in both tars
+        both = {
+            place: sorted(set(pairs) | {p for p in moving if places[p] == place}) for place, pairs in wanted.items()
+        }
+        _write_tars(output, shard_id, both, fetch)
+    _write_tars(output, shard_id, wanted, fetch)
     ordered = [row for _, (row, _) in sorted(rows.items())]
     buffer = io.BytesIO()
     pq.write_table(rows_table(ordered), buffer)

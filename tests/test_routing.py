@@ -161,3 +161,51 @@ def test_every_example_job_is_valid():
     jobs = {p.name: load_job(p) for p in examples}
     routed = jobs["scored_and_routed.yaml"].evaluate
     assert routed.mode == "route" and dict(routed.thresholds)["source_similarity"] == Threshold(None, 0.97)
+
+
+def test_moves_on_an_object_store_read_the_tars_as_they_are_now(monkeypatch):
+    """On S3 a handle opened before a tar was replaced reads an object the store no longer serves: each
+    tar write reads the current tars afresh (moto's server; s3fs's read block made small so the files
+    are read in many ranged requests, as real-size shards are)."""
+    import fsspec.config
+    import s3fs
+    from s3_server import S3Server
+
+    server = S3Server()
+    try:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setitem(fsspec.config.conf, "s3", {"default_block_size": 64 * 1024})
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir("jobs")
+        out = "s3://jobs/out"
+        for key, variant in PAIRS:
+            p = pair(key, variant, "shards" if key in "ab" else "filtered", score=0.5)
+            p.files = big(key)
+            write.write_part({"pair": p}, out)
+        write.compact_shard(out, "000000")
+        rescore(out, {("a", "v"): "filtered", ("d", "w"): "shards"})
+        write.compact_shard(out, "000000")
+        fs = s3fs.S3FileSystem()
+        tars = {place: read_tar_bytes(fs.cat_file(f"jobs/out/{path}/000000.tar"))
+                for place, path in (("shards", "shards"), ("filtered", "filtered/shards"))}  # fmt: skip
+        assert sorted(tars["shards"]) == ["b.v.json", "b.v.mp4", "b.v.png", "d.w.json", "d.w.mp4", "d.w.png"]
+        assert sorted(tars["filtered"]) == ["a.v.json", "a.v.mp4", "a.v.png", "c.v.json", "c.v.mp4", "c.v.png"]
+        for members in tars.values():
+            for name, data in members.items():
+                assert data == big(name[0])[name.rsplit(".", 1)[1]], name
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
+def big(key: str) -> dict[str, bytes]:
+    return {ext: bytes([ord(key)]) * (300_000 if ext == "mp4" else 100) for ext in ("mp4", "png", "json")}
+
+
+def read_tar_bytes(data: bytes) -> dict[str, bytes]:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
