@@ -129,6 +129,42 @@ def parse_thresholds(raw: Any, where: str = "evaluate.thresholds") -> tuple[tupl
     return tuple(sorted(out))
 
 
+def check_scorer(settings: EvaluateSettings, device: str) -> None:
+    """What the scorer's settings and files decide, before any model loads or Ray starts: its model is a
+    CLIP model that can be read (a folder, or a hub id, from the cache when offline), its aesthetic head
+    exists, its dtype runs on the device."""
+    if not settings.enabled:
+        return
+    from anyv2v_batch.loading import load_json
+
+    if settings.dtype == "float16" and device == "cpu":
+        raise AnyV2VError("evaluate.dtype float16 does not run on the CPU; use float32 (or bfloat16)")
+    try:
+        config = load_json(settings.model, "", "config.json")
+    except AnyV2VError as e:
+        raise AnyV2VError(
+            f"cannot read the scorer's config.json from {settings.model!r}; give --evaluate-model (evaluate.model) a "
+            f"CLIP model's hub id (in the hub cache when HF_HUB_OFFLINE is set) or local folder ({e})"
+        ) from None
+    if config.get("model_type") != "clip":
+        raise AnyV2VError(
+            f"evaluate.model {settings.model!r} is not a CLIP model (its config says model_type "
+            f"{config.get('model_type')!r}); give a transformers CLIPModel's hub id or folder"
+        )
+    head = settings.aesthetic
+    if head and (head.startswith(("/", ".", "~")) or not _looks_like_hub_id(head)):
+        from pathlib import Path
+
+        if not Path(head).expanduser().exists():
+            raise AnyV2VError(f"evaluate.aesthetic {head!r} does not exist; give the head's safetensors file or hub id")
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)?", text) is not None
+
+
 def scoring_identity(settings: EvaluateSettings) -> tuple[str, str]:
     """(fingerprint, record JSON) of what makes a pair's scores and verdict what they are: the settings,
     the weights' identities and the scorer's preprocessing. ("", "") when scoring is off, so outputs of

@@ -116,10 +116,13 @@ def changed_scoring_error(job: JobSpec, output: str, rows: list[dict[str, Any]])
         return out
 
     what = changed_fields(fields(rows[0].get("scorer") or ""), fields(job.scoring[1]))
+    if not job.evaluate.enabled:  # the outputs there are scored: a run that scores nothing would mix
+        fix = "rerun with the evaluate settings that scored them (--evaluate, the same evaluate: section)"
+    else:
+        fix = f"rescore them with `anyv2v-batch score {output}` and this job's evaluate settings first"
     return AnyV2VError(
-        f"{len(rows)} outputs in {output} were scored with other evaluate settings ({what}); rescore them with "
-        f"`anyv2v-batch score {output}` and this job's evaluate settings first, or rerun with --redo-changed to "
-        "recompute them"
+        f"{len(rows)} outputs in {output} were scored with other evaluate settings ({what}); {fix}, or rerun "
+        "with --redo-changed to recompute them"
     )
 
 
@@ -159,7 +162,10 @@ def check_models(job: JobSpec) -> None:
     """What the models' configs decide, before any weights load: each variant's backbone limits and
     whether its inversion stores every latent its edit reads."""
     from anyv2v_batch.backbones import backbone_class
+    from anyv2v_batch.evaluation import check_scorer
     from anyv2v_batch.pnp_edit import check_edit_settings
+
+    check_scorer(job.evaluate, job.device)
 
     for v in job.variants:
         try:
@@ -193,18 +199,20 @@ def init_ray(job: JobSpec) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def resolve_pools(job: JobSpec) -> dict[str, PoolSpec]:
-    """Every pool's size and resources: the job's values, the rest from the cluster.
+def resolve_pools(job: JobSpec, resources: dict[str, float] | None = None) -> dict[str, PoolSpec]:
+    """Every pool's size and resources: the job's values, the rest from the cluster (`resources`:
+    {"CPU": n, "GPU": n}, by default the connected cluster's).
 
     With GPUs, the GPU actors the job leaves unsized split the GPUs between inversion and sampling in
     proportion to their cost per clip (pipelines/balance.py). On CPUs only, the actors and tasks share
     the CPUs so that all of them can run at once."""
-    import ray
-
     from anyv2v_batch.editors import editor_class
     from anyv2v_batch.pipelines.balance import split_gpus
 
-    resources = ray.cluster_resources()
+    if resources is None:
+        import ray
+
+        resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
     wants_gpu = {
         "editor": any(editor_class(v.editor.name).needs_gpu for v in job.variants),
@@ -232,6 +240,15 @@ def resolve_pools(job: JobSpec) -> dict[str, PoolSpec]:
         free = gpus - sum((pools[n].size or 1) * math.ceil(pools[n].num_gpus) for n in sized)
         unsized = [n for n in ("inversion", "sampler") if pools[n].size is None]
         share = pools["inversion"].num_gpus
+        scorer = pools.get("scorer")
+        if scorer is not None and scorer.num_gpus and max(share, pools["sampler"].num_gpus) + scorer.num_gpus > 1:
+            # the model actors leave no room on their GPUs: keep whole GPUs for the scorers
+            free -= math.ceil((scorer.size or 1) * scorer.num_gpus)
+            if free < 2 and len(unsized) == 2:
+                raise AnyV2VError(
+                    f"the inversion and sampler actors take whole GPUs and leave none of the {gpus:g} for the scorer; "
+                    "set pools.scorer.num_gpus: 0 (score on CPUs) or leave pools.*.num_gpus unset"
+                )
         if unsized == ["inversion", "sampler"] and share == pools["sampler"].num_gpus > 0:
             # actors of more than half a GPU take one GPU each (Ray packs fractions per GPU)
             slots = int(free // share) if share <= 0.5 else int(free)

@@ -50,14 +50,16 @@ def source_map(rows: list[dict[str, Any]], sources: tuple[str, ...]) -> dict[str
 
 
 def plan(output: str, shards: list[str], current: str) -> tuple[list[dict[str, Any]], int]:
-    """Per shard, the ok rows whose scores are not from the current evaluate settings; and how many ok
-    rows are already scored with them."""
+    """Per shard, the ok rows whose scores are not from the current evaluate settings or failed; and how
+    many ok rows are already scored with them."""
     from anyv2v_batch.operators.write import read_metadata
 
     items, done = [], 0
     for sid in shards:
         rows = [r for r in read_metadata(output, sid) if r["status"] == "ok"]
-        todo = [r for r in rows if (r.get("evaluate_fingerprint") or "") != current]
+        # rows scored with other settings, and rows that could not be scored (a source that could not be
+        # read, the scorer out of memory): tried again
+        todo = [r for r in rows if (r.get("evaluate_fingerprint") or "") != current or r.get("score_error")]
         done += len(rows) - len(todo)
         if todo:
             items.append({"shard_id": sid, "rows": todo})
@@ -94,7 +96,7 @@ def run_score(
     """Score every ok pair of `job.output` whose scores are not the job's evaluate settings', in place; or,
     with `job.input` (clips edited by another tool), score those against `sources` into `job.output`,
     under the variant `name`."""
-    from anyv2v_batch.evaluation import scoring_identity
+    from anyv2v_batch.evaluation import check_scorer, scoring_identity
     from anyv2v_batch.operators.lock import OutputLock
     from anyv2v_batch.operators.storage import check_writable
 
@@ -102,6 +104,7 @@ def run_score(
     if not job.evaluate.enabled:
         raise AnyV2VError("score needs scoring switched on: --evaluate (or --set evaluate.mode=score, flag or route)")
     output = job.output
+    check_scorer(job.evaluate, job.device)
     if job.input:
         return run_score_edited(job, log, sources, display, started, name)
     shards = check_output(output)

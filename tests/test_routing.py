@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY_MODEL
 from shards import read_tar
 
 from anyv2v_batch.errors import AnyV2VError
@@ -209,3 +210,56 @@ def read_tar_bytes(data: bytes) -> dict[str, bytes]:
 
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+@pytest.mark.parametrize(
+    "evaluate, message",
+    [
+        ({"model": "/nonexistent/clip"}, "cannot read the scorer's config.json from '/nonexistent/clip'"),
+        ({"model": str(TINY_MODEL / "unet")}, "is not a CLIP model (its config says model_type None)"),
+        ({"aesthetic": "/nonexistent/head.safetensors"}, "evaluate.aesthetic '/nonexistent/head.safetensors' does not"),
+        ({"dtype": "float16"}, "evaluate.dtype float16 does not run on the CPU"),
+    ],
+)
+def test_a_bad_scorer_is_refused_before_any_work(tmp_path, tiny_clip, evaluate, message):
+    """Known from the settings and the files: refused before Ray starts or anything is read or written."""
+    from anyv2v_batch.pipelines.anyv2v_job import run_job
+
+    evaluate = {"mode": "score", "model": str(tiny_clip)} | evaluate
+    job = build_job({"input": str(tmp_path / "none.tar"), "output": str(tmp_path / "out"), "model": str(TINY_MODEL),
+                     "device": "cpu", "evaluate": evaluate})  # fmt: skip
+    with pytest.raises(AnyV2VError) as e:
+        run_job(job)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_scorers_always_find_room_on_the_gpus():
+    """Default: each inversion / sampler actor takes 0.9 of a GPU, one per GPU, and a scorer the tenth
+    left; with model actors that take whole GPUs, whole GPUs are kept for the scorers."""
+    from anyv2v_batch.pipelines.anyv2v_job import resolve_pools
+
+    def placed(pools: dict, gpus: int) -> bool:  # Ray's packing: fractions per GPU, first fit
+        free = [1.0] * gpus
+        actors = [p.num_gpus for n, p in pools.items() if p.num_gpus for _ in range(p.size)]
+        for need in sorted(actors, reverse=True):
+            slot = next((i for i, f in enumerate(free) if f >= need - 1e-9), None)
+            if slot is None:
+                return False
+            free[slot] -= need
+        return True
+
+    base = {"input": "i", "output": "o", "evaluate": {"mode": "score"}}
+    whole = build_job(base | {"pools": {"inversion": {"num_gpus": 1}, "sampler": {"num_gpus": 1}}})
+    for gpus in (2, 3, 8, 10):
+        pools = resolve_pools(build_job(base), {"CPU": 16, "GPU": gpus})
+        assert pools["scorer"].num_gpus == 0.1 and pools["inversion"].num_gpus == 0.9
+        assert pools["inversion"].size + pools["sampler"].size == gpus and placed(pools, gpus)
+        if gpus > 2:
+            pools = resolve_pools(whole, {"CPU": 16, "GPU": gpus})
+            assert pools["inversion"].size + pools["sampler"].size == gpus - 1 and placed(pools, gpus)
+    with pytest.raises(AnyV2VError, match="leave none of the 2 for the scorer; set pools.scorer.num_gpus: 0"):
+        resolve_pools(whole, {"CPU": 16, "GPU": 2})
+    plain = resolve_pools(build_job({"input": "i", "output": "o"}), {"CPU": 16, "GPU": 8})
+    assert "scorer" not in plain and plain["inversion"].num_gpus == 1.0
+    assert plain["inversion"].size + plain["sampler"].size == 8
