@@ -361,7 +361,7 @@ def report(
 ) -> None:
     """Write a static HTML report of a job's output: counts, score histograms, timings, galleries, errors."""
     _DEBUG["on"] = debug
-    from .report import write_report
+    from .pipelines.report import write_report
 
     summary = write_report(output, report_folder, per_variant, seed, log=lambda m: _say(quiet, m))
     _say(quiet, summary.line())

@@ -28,8 +28,8 @@ from shards import recolor
 
 from anyv2v_batch.cli import main
 from anyv2v_batch.errors import AnyV2VError
-from anyv2v_batch.report import write_report
-from anyv2v_batch.report_stats import METRICS, choose_sample, gather_stats, histogram
+from anyv2v_batch.pipelines.report import write_report
+from anyv2v_batch.pipelines.report_stats import METRICS, choose_sample, gather_stats, histogram
 from anyv2v_batch.video_io import encode_mp4, encode_png
 
 FRAMES, FPS, WIDTH, HEIGHT = 8, 8.0, 96, 64

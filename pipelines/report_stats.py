@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.evaluation import METRICS as ALL_METRICS
 from anyv2v_batch.operators.storage import filesystem, join, list_files
+from anyv2v_batch.operators.work import one_line
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,6 @@ def iter_batches(files: Iterable[str], columns: Iterable[str] = COLUMNS) -> Iter
             raise
         except Exception as e:  # noqa: BLE001 - a damaged file: one line naming it
             raise AnyV2VError(f"cannot read {url}: {one_line(e)}") from None
-
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
 
 
 def _column(batch: pa.RecordBatch, name: str) -> pa.Array | None:

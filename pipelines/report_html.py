@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 
 from anyv2v_batch import __version__
-from anyv2v_batch.report_stats import PREVIEW_SIDE, STAGES, Item, Metric, ScoreStats, VariantStats
+from anyv2v_batch.pipelines.report_stats import PREVIEW_SIDE, STAGES, Item, Metric, ScoreStats, VariantStats
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 24px 40px; color: #222; background: #fafafa; }

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from anyv2v_batch import report_html
 from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.operators.read_shards import VIDEO_EXTENSIONS, split_member
 from anyv2v_batch.operators.storage import atomic_write, check_writable, exists, filesystem, join, list_files, remove
-from anyv2v_batch.report_stats import (
+from anyv2v_batch.pipelines import report_html
+from anyv2v_batch.pipelines.report_stats import (
     METRICS,
     PREVIEW_SIDE,
     Item,
@@ -43,7 +44,6 @@ from anyv2v_batch.report_stats import (
 )
 
 MAX_MEMBER_BYTES = 2 * 1024**3  # a tar member larger than this is not read (a lying or hostile header)
-VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
 
 
 # ---- media
@@ -59,14 +59,6 @@ def stream_members(url: str, wanted: Callable[[str], bool]) -> Iterator[tuple[st
                 handle = tar.extractfile(member)
                 yield member.name, handle.read() if handle is not None else b""
             tar.members.clear()  # tarfile keeps every header it has read
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """'dir/clip.edited.png' -> ('dir/clip', 'edited.png'): a sample's key is its member path up to the
-    first dot of the file name, as the job reads shards."""
-    folder, base = posixpath.split(name)
-    stem, _, ext = base.partition(".")
-    return posixpath.join(folder, stem) if folder else stem, ext.lower()
 
 
 def preview(frames: np.ndarray | list[np.ndarray], fps: float) -> bytes:
