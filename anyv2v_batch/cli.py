@@ -378,7 +378,7 @@ RUN_FLAGS = {
     "model": "model", "device": "device", "dtype": "dtype", "address": "ray.address", "inversions": "inversions",
     "inversion_save_steps": "inversion.save_steps", "pnp_cross": "edit.pnp_cross",
     "fix_source_frame": "edit.fix_source_frame", "redo_changed": "redo_changed",
-    "evaluate": "evaluate.mode", "evaluate_model": "evaluate.model",
+    "evaluate_model": "evaluate.model",
 }  # fmt: skip
 PROGRESS_EVERY_HELP = (
     "Without a terminal, log the progress line every SECONDS (a terminal's is redrawn in place). "
@@ -461,8 +461,9 @@ def _job_command(mode: str, *, job_file, input, set_, editor_option, progress_ev
 
     overrides: dict = parse_set(set_ or [])
     overrides |= {f"editor.options.{k}": v for k, v in parse_set(editor_option or [], "--editor-option").items()}
+    evaluate = flags.pop("evaluate", None)
     overrides |= {RUN_FLAGS[k]: v for k, v in flags.items() if v is not None}
-    if flags.get("evaluate"):  # on, in the job's mode (or flag with thresholds, else score), unless --set says
+    if evaluate or flags.get("evaluate_model"):  # on: the job's mode, else flag with thresholds, else score
         overrides["evaluate.mode"] = parse_set(set_ or []).get("evaluate.mode", "on")
     if input:
         overrides["input"] = list(input)

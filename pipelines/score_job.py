@@ -170,7 +170,9 @@ def run_score_edited(
         progress.start()
         try:
             with progress.ticking():
-                failed_checks = _score_edited_items(job, items, name, progress)
+                from anyv2v_batch.operators.rescore import external_parts, read_edited_samples
+
+                failed_checks = _scoring_dataset(job, items, read_edited_samples, external_parts, progress, name=name)
         except BaseException as e:
             progress.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
             raise
@@ -181,41 +183,6 @@ def run_score_edited(
         seconds=time.perf_counter() - started, error_examples=[], filtered=progress.filtered,
         failed_checks=failed_checks,
     )  # fmt: skip
-
-
-def _score_edited_items(job: JobSpec, items: list[dict[str, Any]], name: str, progress) -> int:
-    import ray
-    import ray.data
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
-
-    from anyv2v_batch.operators.decode import decode_clip
-    from anyv2v_batch.operators.rescore import external_parts, read_edited_samples
-    from anyv2v_batch.operators.scorer_pool import ScorerPool
-    from anyv2v_batch.operators.storage import join, remove_if_empty
-    from anyv2v_batch.operators.write import compact_shard, shards_with_parts, write_part
-
-    init_ray(job)
-    pools = scorer_pools(job)
-    progress.pool_sizes = {"scorer": pools["scorer"].size}  # known once Ray is up
-    scorer, decode, encode = pools["scorer"], pools["decode"], pools["encode"]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.flat_map(read_edited_samples, fn_kwargs={"job": job, "name": name}, num_cpus=decode.num_cpus)
-    ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
-    ds = ds.map_batches(
-        ScorerPool, compute=ActorPoolStrategy(size=scorer.size), batch_size=scorer.batch_size,
-        num_gpus=scorer.num_gpus, num_cpus=scorer.num_cpus,
-        fn_constructor_kwargs={"job": job, "num_cpus": scorer.num_cpus},
-    )  # fmt: skip
-    ds = ds.flat_map(external_parts, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
-    ds = ds.map(write_part, fn_kwargs={"output": job.output}, num_cpus=encode.num_cpus)
-    failed_checks = 0
-    for row in ds.iter_rows():
-        progress.add(row)
-        failed_checks += row.get("passed") is False
-    compact = ray.remote(compact_shard).options(num_cpus=encode.num_cpus)
-    ray.get([compact.remote(job.output, sid) for sid in sorted(shards_with_parts(job.output))])
-    remove_if_empty(join(job.output, "_parts"))
-    return failed_checks
 
 
 def _score_locked(
@@ -241,7 +208,12 @@ def _score_locked(
     try:
         if items:
             with progress.ticking():
-                failed_checks = _score_items(job, items, where, progress)
+                from anyv2v_batch.operators.rescore import read_pairs_to_score, rescored_parts
+
+                rows = [
+                    {**i, "rows": [json.dumps(r, default=list) for r in i["rows"]], "sources": where} for i in items
+                ]
+                failed_checks = _scoring_dataset(job, rows, read_pairs_to_score, rescored_parts, progress)
     except BaseException as e:
         progress.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
         raise
@@ -261,42 +233,37 @@ def _score_locked(
     )
 
 
-def _score_items(job: JobSpec, items: list[dict[str, Any]], where: dict[str, str], progress) -> int:
-    """Run the scoring dataset over the items and compact their shards; returns the failed-check count."""
+def _scoring_dataset(job: JobSpec, items: list[dict[str, Any]], read, to_parts, progress, **read_kwargs) -> int:
+    """Items -> `read` (ClipWork per clip) -> decode the sources -> scorer pool -> `to_parts` -> parts,
+    then each touched shard compacted; returns how many pairs failed their checks."""
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     from anyv2v_batch.operators.decode import decode_clip
-    from anyv2v_batch.operators.rescore import read_pairs_to_score, rescored_parts
     from anyv2v_batch.operators.scorer_pool import ScorerPool
     from anyv2v_batch.operators.storage import join, remove_if_empty
     from anyv2v_batch.operators.write import compact_shard, write_part
 
-    output = job.output
-    failed_checks = 0
     init_ray(job)
     pools = scorer_pools(job)
     progress.pool_sizes = {"scorer": pools["scorer"].size}  # known once Ray is up
-    work_items = [
-        {"shard_id": i["shard_id"], "rows": [json.dumps(r, default=list) for r in i["rows"]], "sources": where}
-        for i in items
-    ]
     scorer, decode, encode = pools["scorer"], pools["decode"], pools["encode"]
-    ds = ray.data.from_items(work_items, override_num_blocks=len(work_items))
-    ds = ds.flat_map(read_pairs_to_score, fn_kwargs={"job": job}, num_cpus=decode.num_cpus)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.flat_map(read, fn_kwargs={"job": job, **read_kwargs}, num_cpus=decode.num_cpus)
     ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
     ds = ds.map_batches(
         ScorerPool, compute=ActorPoolStrategy(size=scorer.size), batch_size=scorer.batch_size,
         num_gpus=scorer.num_gpus, num_cpus=scorer.num_cpus,
         fn_constructor_kwargs={"job": job, "num_cpus": scorer.num_cpus},
     )  # fmt: skip
-    ds = ds.flat_map(rescored_parts, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
-    ds = ds.map(write_part, fn_kwargs={"output": output}, num_cpus=encode.num_cpus)
+    ds = ds.flat_map(to_parts, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
+    ds = ds.map(write_part, fn_kwargs={"output": job.output}, num_cpus=encode.num_cpus)
+    failed_checks = 0
     for row in ds.iter_rows():
         progress.add(row)
         failed_checks += row.get("passed") is False
     compact = ray.remote(compact_shard).options(num_cpus=encode.num_cpus)
-    ray.get([compact.remote(output, i["shard_id"]) for i in items])
-    remove_if_empty(join(output, "_parts"))
+    ray.get([compact.remote(job.output, i["shard_id"]) for i in items])
+    remove_if_empty(join(job.output, "_parts"))
     return failed_checks

@@ -58,7 +58,7 @@ def job_yaml(root: Path, out: str, tiny_clip: Path, evaluate: dict | None = None
         "model": str(TINY_MODEL),
         "device": "cpu",
         "clip": CLIP,
-        "inversion": {"steps": 20},
+        "inversion": {"steps": 5},
         "edit": {"steps": 5},
         "variants": VARIANTS,
         "evaluate": {"model": str(tiny_clip), **(evaluate or {})},
