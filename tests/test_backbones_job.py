@@ -22,19 +22,19 @@ SEINE = FIXTURES / "seine-reference" / "tiny-seine"
 VARIANTS = {
     "i2v": (
         {"clip": {"width": 32, "height": 32}},
-        ["--model", TINY_MODEL, "--width", 32, "--height", 32, "--inversion-steps", 20],
+        ["--model", TINY_MODEL, "--width", 32, "--height", 32, "--inversion-steps", 5],
     ),
     "consist": (
         {"backbone": "consisti2v", "model": str(CONSISTI2V), "clip": {"width": 32, "height": 32}},
-        ["--backbone", "consisti2v", "--model", CONSISTI2V, "--width", 32, "--height", 32, "--inversion-steps", 20],
+        ["--backbone", "consisti2v", "--model", CONSISTI2V, "--width", 32, "--height", 32, "--inversion-steps", 5],
     ),
     "seine": (
         {
             "backbone": "seine", "model": str(SEINE), "clip": {"width": 64, "height": 64},
-            "inversion": {"save_steps": 10},
+            "inversion": {"steps": 10, "save_steps": 5},
         },
-        ["--backbone", "seine", "--model", SEINE, "--width", 64, "--height", 64, "--inversion-steps", 20,
-         "--inversion-save-steps", 10],
+        ["--backbone", "seine", "--model", SEINE, "--width", 64, "--height", 64, "--inversion-steps", 10,
+         "--inversion-save-steps", 5],
     ),
 }  # fmt: skip
 
@@ -57,7 +57,7 @@ def write_job(root: Path, variants: list[dict], frames: int = 8) -> Path:
         "model": str(TINY_MODEL),
         "device": "cpu",
         "clip": {"frames": frames, "fps": 8},
-        "inversion": {"steps": 20},
+        "inversion": {"steps": 5},
         "edit": {"steps": 5, "prompt": "a red car"},
         "variants": variants,
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},

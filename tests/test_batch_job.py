@@ -77,7 +77,7 @@ def job_file(root: Path) -> Path:
         "model": str(TINY_MODEL),
         "device": "cpu",
         "clip": {"frames": 6, "fps": 8, "width": 32, "height": 32},
-        "inversion": {"steps": 20},
+        "inversion": {"steps": 5},
         "edit": {"steps": 5},
         "editor": "provided",
         "variants": VARIANTS,
@@ -205,7 +205,7 @@ def test_a_sample_equals_the_one_clip_command(job_run, tmp_path, capsys):
     try:
         code, err = run(["edit", tmp_path / "clip3.mp4", "--first-frame", tmp_path / "edited.png", "-o",
                          tmp_path / "one.mp4", "--model", TINY_MODEL, "--frames", 6, "--fps", 8, "--width", 32,
-                         "--height", 32, "--inversion-steps", 20, "--steps", 5, "--prompt", "a snowy scene",
+                         "--height", 32, "--inversion-steps", 5, "--steps", 5, "--prompt", "a snowy scene",
                          "--guidance-scale", 7.5, "--seed", derive_seed(8888, "clip3", "snow"), "--device", "cpu",
                          "-q"], capsys)  # fmt: skip
     finally:

@@ -193,7 +193,7 @@ def test_no_output_member_is_named_by_an_unsafe_key():
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
@@ -259,7 +259,7 @@ def hostile_run(ray_local, tmp_path_factory):
         "model": str(TINY_MODEL),
         "device": "cpu",
         "clip": {"frames": 6, "fps": 8, "width": 32, "height": 32},
-        "inversion": {"steps": 20},
+        "inversion": {"steps": 5},
         "edit": {"steps": 5},
         "editor": "provided",
         "variants": [{"name": "wc", "prompt": "{caption}, watercolor"}],

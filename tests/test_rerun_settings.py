@@ -43,7 +43,7 @@ def shard(tmp_path_factory) -> Path:
 def job(root: Path, shard: Path, out: str, night_steps: int = 4, night_prompt: str = "{caption}, at night") -> Path:
     raw = {
         "input": str(shard), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
-        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 20},
+        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 4},
         "variants": [{"name": "day", "prompt": "{caption}", "edit": {"steps": 4}},
                      {"name": "night", "prompt": night_prompt, "edit": {"steps": night_steps}}],
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
@@ -89,7 +89,7 @@ def test_a_changed_variant_is_refused_then_redone_to_equal_a_fresh_run(ray_local
     assert snapshot(tmp_path / "out") == first
 
     # another step count or prompt template under the same name: refused in one line, nothing written
-    for changed, field in ((job(tmp_path, shard, "out", night_steps=5), "edit.steps 4 -> 5"),
+    for changed, field in ((job(tmp_path, shard, "out", night_steps=2), "edit.steps 4 -> 2"),
                            (job(tmp_path, shard, "out", night_prompt="{caption}, in fog"), "edit.prompt")):  # fmt: skip
         code, err = cli(["run", changed], capsys)
         assert code == 1 and len(err) == 1, err
@@ -98,15 +98,15 @@ def test_a_changed_variant_is_refused_then_redone_to_equal_a_fresh_run(ray_local
         assert snapshot(tmp_path / "out") == first
 
     # --redo-changed: the night pairs are recomputed and replaced; the result equals a fresh run's
-    code, err = cli(["run", job(tmp_path, shard, "out", night_steps=5), "--redo-changed"], capsys)
+    code, err = cli(["run", job(tmp_path, shard, "out", night_steps=2), "--redo-changed"], capsys)
     assert code == 0, err
-    code, err = cli(["run", job(tmp_path, shard, "fresh", night_steps=5), "-q"], capsys)
+    code, err = cli(["run", job(tmp_path, shard, "fresh", night_steps=2), "-q"], capsys)
     assert code == 0, err
     redone, fresh = snapshot(tmp_path / "out"), snapshot(tmp_path / "fresh")
     assert redone.keys() == fresh.keys() and redone["shards/000.tar"] == fresh["shards/000.tar"]
     assert rows(tmp_path / "out") == rows(tmp_path / "fresh")
     members = read_tar(tmp_path / "out" / "shards" / "000.tar")
-    assert json.loads(members["c0.night.json"])["edit"]["steps"] == 5
+    assert json.loads(members["c0.night.json"])["edit"]["steps"] == 2
     assert members["c0.day.mp4"] == read_tar_from(first)["c0.day.mp4"]  # the unchanged variant kept its bytes
     assert members["c0.night.mp4"] != read_tar_from(first)["c0.night.mp4"]
 
