@@ -42,7 +42,7 @@ def test_parts_compact_into_sorted_shards_and_one_row_per_pair(output):
         write_part(p, output)
     assert completed_pairs(output, "s") and len(completed_pairs(output, "s")) == 3  # resumable before compaction
     counts = compact_shard(output, "s")
-    assert counts == {"rows": 4, "ok": 3, "error": 1}
+    assert counts == {"rows": 4, "ok": 3, "error": 1, "filtered": 0}
     tar = members(read_bytes(f"{output}/shards/s.tar"))
     assert list(tar) == [
         f"{k}.{v}.{e}" for k, v in [("a", "v1"), ("a", "v2"), ("b", "v1")] for e in ("json", "mp4", "png")
