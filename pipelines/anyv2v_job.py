@@ -372,7 +372,6 @@ def _run_locked(
     import ray
 
     from anyv2v_batch.operators.storage import join, remove_if_empty
-    from anyv2v_batch.operators.work import one_line
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
     from anyv2v_batch.pipelines.balance import utilisation
     from anyv2v_batch.pipelines.progress import JobProgress
@@ -391,24 +390,18 @@ def _run_locked(
     )  # fmt: skip
     examples: list[str] = []
     failed_checks = 0
-    progress.start()
-    streamed = time.perf_counter()
-    try:
-        with progress.ticking():
-            for row in build_dataset(job, items, pools, mode).iter_rows():
-                progress.add(row)
-                failed_checks += row.get("passed") is False
-                if row["status"] == "error" and len(examples) < 5:
-                    examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
-            wall = time.perf_counter() - streamed
-            compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
-            wanted = {i["shard_id"] for i in items}
-            ray.get([compact.remote(output, sid) for sid in sorted(shards_with_parts(output) & wanted)])
-            remove_if_empty(join(output, "_parts"))
-    except BaseException as e:
-        progress.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
-        raise
-    progress.finish()
+    with progress.running():
+        streamed = time.perf_counter()
+        for row in build_dataset(job, items, pools, mode).iter_rows():
+            progress.add(row)
+            failed_checks += row.get("passed") is False
+            if row["status"] == "error" and len(examples) < 5:
+                examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
+        wall = time.perf_counter() - streamed
+        compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
+        wanted = {i["shard_id"] for i in items}
+        ray.get([compact.remote(output, sid) for sid in sorted(shards_with_parts(output) & wanted)])
+        remove_if_empty(join(output, "_parts"))
     return JobSummary(
         output=output,
         unit=unit,

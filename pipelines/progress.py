@@ -163,6 +163,20 @@ class JobProgress:
             stop.set()
             thread.join()
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """start, tick while the block runs, then finish: "finished", or "failed" with why if it raised."""
+        from anyv2v_batch.operators.work import one_line
+
+        self.start()
+        try:
+            with self.ticking():
+                yield
+        except BaseException as e:
+            self.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
+            raise
+        self.finish()
+
     # ---- numbers
 
     def elapsed(self, now: float) -> float:

@@ -139,7 +139,7 @@ def run_score_edited(
     from anyv2v_batch.operators.lock import OutputLock
     from anyv2v_batch.operators.read_shards import sample_keys
     from anyv2v_batch.operators.storage import check_writable
-    from anyv2v_batch.operators.work import one_line, pair_id
+    from anyv2v_batch.operators.work import pair_id
     from anyv2v_batch.operators.write import finished_rows
     from anyv2v_batch.pipelines.anyv2v_job import input_shards
     from anyv2v_batch.pipelines.progress import JobProgress
@@ -167,16 +167,10 @@ def run_score_edited(
             total, job.output, {"scorer": 1}, unit="clips scored", done_before=done, display=display,
             routes_failures=job.evaluate.mode == "route",
         )  # fmt: skip
-        progress.start()
-        try:
-            with progress.ticking():
-                from anyv2v_batch.operators.rescore import external_parts, read_edited_samples
+        with progress.running():
+            from anyv2v_batch.operators.rescore import external_parts, read_edited_samples
 
-                failed_checks = _scoring_dataset(job, items, read_edited_samples, external_parts, progress, name=name)
-        except BaseException as e:
-            progress.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
-            raise
-        progress.finish()
+            failed_checks = _scoring_dataset(job, items, read_edited_samples, external_parts, progress, name=name)
     return JobSummary(
         output=job.output, unit="edited clips scored", shards=len(items), pairs_done_before=done,
         processed=progress.done, ok=progress.ok + progress.filtered, errors=progress.error,
@@ -188,7 +182,6 @@ def run_score_edited(
 def _score_locked(
     job: JobSpec, shards: list[str], sources: tuple[str, ...], log, started: float, display
 ) -> JobSummary:
-    from anyv2v_batch.operators.work import one_line
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
     from anyv2v_batch.pipelines.progress import JobProgress
 
@@ -204,20 +197,12 @@ def _score_locked(
         todo, output, {"scorer": 1}, unit="pairs scored", done_before=done, display=display,
         routes_failures=job.evaluate.mode == "route",
     )  # fmt: skip
-    progress.start()
-    try:
+    with progress.running():
         if items:
-            with progress.ticking():
-                from anyv2v_batch.operators.rescore import read_pairs_to_score, rescored_parts
+            from anyv2v_batch.operators.rescore import read_pairs_to_score, rescored_parts
 
-                rows = [
-                    {**i, "rows": [json.dumps(r, default=list) for r in i["rows"]], "sources": where} for i in items
-                ]
-                failed_checks = _scoring_dataset(job, rows, read_pairs_to_score, rescored_parts, progress)
-    except BaseException as e:
-        progress.finish("failed", one_line(e) if isinstance(e, Exception) else type(e).__name__)
-        raise
-    progress.finish()
+            rows = [{**i, "rows": [json.dumps(r, default=list) for r in i["rows"]], "sources": where} for i in items]
+            failed_checks = _scoring_dataset(job, rows, read_pairs_to_score, rescored_parts, progress)
     return JobSummary(
         output=output,
         unit="(clip, variant) pairs scored",

@@ -102,6 +102,16 @@ def tiny_backbone():
     return load_backbone("i2vgen-xl", str(TINY_MODEL), device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance of its own for one test module (never another instance on this machine)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def case_a() -> ReferenceCase:
     return ReferenceCase(CASE_DIRS["case-a"])

@@ -29,15 +29,6 @@ VARIANTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def sample(key: str, clip: np.ndarray, meta: tuple[str, bytes] | None, edited: bool = True) -> list:
     members = [(f"{key}.mp4", mp4(clip))]
     if meta is not None:

@@ -189,15 +189,6 @@ def test_no_output_member_is_named_by_an_unsafe_key():
 # ---- one whole job over a shard mixing good and hostile samples
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def listing(folder: Path, skip: Path | None = None) -> set[str]:
     return {str(p) for p in folder.rglob("*") if skip is None or skip not in p.parents and p != skip}
 

@@ -33,15 +33,6 @@ def test_inversion_bytes_round_trip_and_damage_is_detected(case_a):
     assert b"pickle" not in data and data[8:9] == b"{"  # a JSON header: safetensors, no pickle
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def job_for(root, out: str, inversions: bool = True, mode: str = "edit"):
     raw = {
         "input": str(root / "in" / "000.tar"), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",

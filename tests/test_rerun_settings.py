@@ -22,15 +22,6 @@ TIMING = ("seconds_", "inversion_source")
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def shard(tmp_path_factory) -> Path:
     members = []
     for i in range(2):
