@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from .errors import AnyV2VError
-from .settings import ClipSettings, backbone_defaults
+from .settings import ClipSettings, WindowSettings, backbone_defaults
 
 app = typer.Typer(
     name="anyv2v-batch",
@@ -106,7 +106,14 @@ def edit(
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 8888,
     fps: Annotated[float, typer.Option(help="Resample a video to this fps; the fps condition.")] = 8.0,
-    frames: Annotated[int, typer.Option(help="Number of frames.")] = 16,
+    frames: Annotated[str, typer.Option(help=FRAMES_HELP)] = "16",
+    max_frames: Annotated[int, typer.Option(help=MAX_FRAMES_HELP)] = 256,
+    too_long: Annotated[str, typer.Option(help=TOO_LONG_HELP)] = "error",
+    window_frames: Annotated[int | None, typer.Option(help=WINDOW_FRAMES_HELP)] = None,
+    window_overlap: Annotated[int, typer.Option(help=WINDOW_OVERLAP_HELP)] = 1,
+    window_max_frames: Annotated[int | None, typer.Option(help=WINDOW_MAX_FRAMES_HELP)] = None,
+    window_match_stats: Annotated[float, typer.Option(help=WINDOW_MATCH_HELP)] = 0.0,
+    window_blend: Annotated[str, typer.Option(help=WINDOW_BLEND_HELP)] = "earlier",
     width: Annotated[int | None, typer.Option(help="Width, multiple of 8 [default: consisti2v 256, else 512].")] = None,
     height: Annotated[int | None, typer.Option(help="Height, multiple of 8 [default: as width].")] = None,
     resize: Annotated[str, typer.Option(help="Fit frames to the size: stretch (official), crop or pad.")] = "stretch",
@@ -133,8 +140,13 @@ def edit(
     defaults = backbone_defaults(backbone)  # flags left out take the backbone's official values
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     clip_settings = dataclasses.replace(
-        defaults["clip"], frames=frames, fps=fps, resize=resize, **given(width=width, height=height)
-    ).validate()
+        defaults["clip"], frames=_frames(frames), fps=fps, resize=resize, max_frames=max_frames, too_long=too_long,
+        **given(width=width, height=height),
+    ).validate()  # fmt: skip
+    window_settings = WindowSettings(
+        frames=window_frames, overlap=window_overlap, max_frames=window_max_frames, match_stats=window_match_stats,
+        blend=window_blend,
+    ).validate()  # fmt: skip
     width, height = clip_settings.width, clip_settings.height
     inv_settings = dataclasses.replace(
         defaults["inversion"], steps=inversion_steps, prompt=inversion_prompt, **given(save_steps=inversion_save_steps)
@@ -158,15 +170,23 @@ def edit(
     _check_output(source, output, overwrite)
 
     from .backbones import load_backbone
+    from .chain import ChainRequest, edit_chains
     from .inversion import invert
     from .loading import quiet_libraries
     from .pnp_edit import check_edit_settings, plan_sampling, prepare_first_frame
     from .pnp_edit import edit as run_edit
-    from .video_io import read_source, write_video
+    from .video_io import read_source, source_length, write_video
+    from .windows import Window, clip_total, plan_for, resolve_limits, window_clip
 
     quiet_libraries()
     backbone_cls.check_settings(model, clip_settings)  # from the configs, before any work
     check_edit_settings(backbone_cls, model, edit_settings, inv_settings)
+    limits = resolve_limits(backbone_cls.window_limits(model), window_settings, backbone)
+    total, truncated = clip_settings.frames, False
+    if total == "all" or total > limits.max_frames:  # counted from the file's index: nothing decoded yet
+        length = source_length(source, fps, clip_settings.max_frames + 1)
+        total, truncated = clip_total(clip_settings, length.frames, length.seconds)
+    plan = plan_for(total, limits, window_settings)
     scorer = None
     if evaluate:  # loaded first: missing scorer weights fail before the long work
         from .evaluation import DEFAULT_SCORER_MODEL
@@ -175,32 +195,50 @@ def edit(
         scorer = Scorer(evaluate_model or DEFAULT_SCORER_MODEL, device=device, dtype="float32")
     _say(quiet, f"loading {backbone} from {model or backbone_cls.default_model}")
     bb = load_backbone(backbone, model, device=device, dtype=dtype, variant=variant)
-    bb.check_clip(clip_settings)
+    for w in plan:
+        bb.check_clip(window_clip(clip_settings, w.frames))
     needed = plan_sampling(bb, edit_settings, inv_settings).needed
-    clip = read_source(source, frames, fps, width, height, resize)  # type: ignore[arg-type]
+    first = plan[0]
+    clip = read_source(source, first.frames, fps, width, height, resize)  # type: ignore[arg-type]
     edited = prepare_first_frame(
         _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet), width, height
     )
     if compile:
         bb.compile()
-    _say(quiet, f"inverting {source} ({frames} frames, {width}x{height}, {inversion_steps} steps)")
+    cut = f" (cut to --max-frames {total})" if truncated else ""
+    windows = f" in {len(plan)} windows of {first.frames}" if len(plan) > 1 else ""
+    _say(quiet, f"inverting {source} ({total} frames{cut}{windows}, {width}x{height}, {inversion_steps} steps)")
+    seconds = {"inversion": 0.0}
+
+    def inversion_of(w: Window):
+        # only this window's frames are decoded: a long source never sits in memory whole
+        frames_w = clip.frames if w.index == 0 else read_source(source, w.frames, fps, width, height, resize, w.start)
+        t = time.perf_counter()
+        inverted = invert(bb, getattr(frames_w, "frames", frames_w), inv_settings, fps, needed)
+        seconds["inversion"] += time.perf_counter() - t
+        if len(plan) > 1:
+            _say(quiet, f"window {w.index + 1}/{len(plan)}: frames {w.start}-{w.end - 1}")
+        return inverted
+
     t0 = time.perf_counter()
-    inversion = invert(bb, clip.frames, inv_settings, fps=fps, keep=needed)
-    t1 = time.perf_counter()
-    _say(
-        quiet, f"editing ({steps} steps, guidance {edit_settings.guidance_scale:g}) after {t1 - t0:.1f} s of inversion"
-    )
-    result = run_edit(bb, inversion, edited, edit_settings)
-    t2 = time.perf_counter()
-    write_video(output, result.frames, fps)
+    if len(plan) == 1:
+        result_frames = run_edit(bb, inversion_of(first), edited, edit_settings).frames
+    else:
+        chain = edit_chains(bb, plan, inversion_of, [ChainRequest(edited, edit_settings)], window_settings)[0]
+        result_frames = chain.frames
+        seams = ", ".join(f"{s:.2f}" for s in chain.seam_steps)
+        _say(quiet, f"seam steps (change at each join / median change inside windows): {seams}")
+    edit_seconds = time.perf_counter() - t0 - seconds["inversion"]
+    write_video(output, result_frames, fps)
     _say(
         quiet,
-        f"wrote {output} ({frames} frames, {width}x{height}, {fps:g} fps): inversion {t1 - t0:.1f} s, "
-        f"edit {t2 - t1:.1f} s, total {time.perf_counter() - started:.1f} s",
+        f"wrote {output} ({total} frames, {width}x{height}, {fps:g} fps): inversion {seconds['inversion']:.1f} s, "
+        f"edit {edit_seconds:.1f} s, total {time.perf_counter() - started:.1f} s",
     )
     if scorer is not None:  # the clip as written: an .mp4 is scored as a reader decodes it
-        written = read_source(output, frames, fps, width, height, resize).frames if output.suffix else result.frames
-        scores = scorer.score(written, clip.frames, edited, edit_settings.prompt)
+        written = read_source(output, total, fps, width, height, resize).frames if output.suffix else result_frames
+        source_frames = clip.frames if len(plan) == 1 else read_source(source, total, fps, width, height, resize).frames
+        scores = scorer.score(written, source_frames, edited, edit_settings.prompt)
         for name, value in scores.items():
             typer.echo(f"{name}\t{value:.6f}")
 
@@ -365,6 +403,26 @@ def report(
 
     summary = write_report(output, report_folder, per_variant, seed, log=lambda m: _say(quiet, m))
     _say(quiet, summary.line())
+
+
+FRAMES_HELP = "Frames per clip from its start, or 'all': every frame of the source at --fps (up to --max-frames)."
+MAX_FRAMES_HELP = "--frames all: the most frames a clip may have."
+TOO_LONG_HELP = "--frames all, a source over --max-frames: error, or truncate (edit its first --max-frames)."
+WINDOW_FRAMES_HELP = "Length of chained windows for clips longer than one window [default: the backbone's, 16]."
+WINDOW_OVERLAP_HELP = "Frames shared by consecutive windows (>= 1)."
+WINDOW_MAX_FRAMES_HELP = "The longest clip edited as one window [default: i2vgen-xl 128, consisti2v and seine 16]."
+WINDOW_MATCH_HELP = "Match each window's latent channel mean/std to window 1's by this strength (0: off)."
+WINDOW_BLEND_HELP = "Overlapping frames: earlier (the earlier window's) or linear (a crossfade)."
+
+
+def _frames(value: str | None) -> int | str | None:
+    """--frames: a count or 'all'."""
+    if value is None or value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise AnyV2VError(f"--frames must be an integer >= 2 or 'all', got {value!r}") from None
 
 
 # flag -> job field it overrides (`run`); only flags given on the command line override

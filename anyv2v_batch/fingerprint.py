@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from anyv2v_batch.job import JobSpec, VariantSpec
+from anyv2v_batch.settings import recorded_fields
 
 
 def flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -46,8 +47,9 @@ def variant_fields(job: JobSpec, variant: VariantSpec, model: str, weights: str)
         "editor.name": variant.editor.name,
     }
     flat("editor.options", dict(variant.editor.options), fields)
-    for section, settings in (("clip", variant.clip), ("inversion", variant.inversion), ("edit", edit)):
-        values = settings if isinstance(settings, dict) else dataclasses.asdict(settings)
+    sections = (("clip", variant.clip), ("inversion", variant.inversion), ("edit", edit), ("window", variant.window))
+    for section, settings in sections:
+        values = settings if isinstance(settings, dict) else recorded_fields(settings)
         for k in sorted(values):
             flat(f"{section}.{k}", values[k], fields)
     return fields

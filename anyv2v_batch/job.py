@@ -20,12 +20,19 @@ import yaml
 
 from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.evaluation import EvaluateSettings, parse_thresholds
-from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings, SettingError, backbone_defaults
+from anyv2v_batch.settings import (
+    ClipSettings,
+    EditSettings,
+    InversionSettings,
+    SettingError,
+    WindowSettings,
+    backbone_defaults,
+)
 from anyv2v_batch.templates import TemplateError, template_fields
 from anyv2v_batch.video_io import MAX_IMAGE_PIXELS
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-SECTIONS = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings}
+SECTIONS = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings, "window": WindowSettings}
 POOLS = ("decode", "editor", "inversion", "sampler", "scorer", "encode")
 
 
@@ -69,6 +76,7 @@ class VariantSpec:
     seed: int = 8888  # base of the per-sample seed (see `derive_seed`)
     backbone: str = "i2vgen-xl"  # the job's unless the variant names its own
     model: str | None = None  # hub id or folder of the backbone's weights (None: its official ones)
+    window: WindowSettings = WindowSettings()  # clips longer than one model window (windows.py)
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,11 @@ class JobSpec:
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
     "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
-    "inversions", "store_all_timesteps", "redo_changed", "limits", "evaluate",
+    "inversions", "store_all_timesteps", "redo_changed", "limits", "evaluate", "window",
 }  # fmt: skip
-VARIANT_KEYS = {"name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed", "backbone", "model"}
+VARIANT_KEYS = {
+    "name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed", "backbone", "model", "window",
+}  # fmt: skip
 
 
 class JobError(AnyV2VError):
@@ -174,6 +184,9 @@ def _settings(where: str, path: str, cls: type, base: Any, raw: Any) -> Any:
             raise _unknown(where, path, key, names)
         if cls is EditSettings and key == "seed":
             raise _fail(where, f"{path}.seed", "is not set per edit: give `seed` at the top or in a variant")
+        if cls is ClipSettings and key == "frames" and value == "all":
+            values[key] = value  # every frame of the source
+            continue
         values[key] = _coerce(where, f"{path}.{key}", value, getattr(base, key))
     settings = dataclasses.replace(base, **values)
     try:
@@ -385,6 +398,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
                 seed=_coerce(where, f"{path}.seed", rv.get("seed", base_seed), 0),
                 backbone=backbone,
                 model=model,
+                window=sections["window"],
             )
         )
     names = [v.name for v in variants]

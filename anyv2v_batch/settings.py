@@ -6,6 +6,7 @@ into metadata. Validation raises `AnyV2VError` naming the CLI flag of the bad va
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +19,8 @@ OFFICIAL_NEGATIVE_PROMPT = (
 )
 
 InjectionWindow = Literal["official", "from-start"]
+TOO_LONG = ("error", "truncate")
+BLENDS = ("earlier", "linear")
 
 
 class SettingError(AnyV2VError):
@@ -40,19 +43,49 @@ def _check(ok: bool, field: str, rule: str, value: Any, flag: str | None = None)
 class ClipSettings:
     """The geometry the source clip is brought to before anything else."""
 
-    frames: int = 16
+    # a frame count from the clip's start, or "all": every frame of the source at `fps`, up to `max_frames`
+    frames: int | str = 16
     fps: float = 8.0  # resampling rate for video files; always the UNet's fps micro-condition
     width: int = 512
     height: int = 512
     resize: str = "stretch"  # fitting frames to width x height: stretch (official), crop or pad
+    max_frames: int = 256  # frames "all": the most frames a clip may have
+    too_long: str = "error"  # a source over max_frames: "error" (an error row) or "truncate" (its first max_frames)
 
     def validate(self) -> ClipSettings:
-        _check(isinstance(self.frames, int) and self.frames >= 2, "frames", "an integer >= 2", self.frames)
+        ok_frames = self.frames == "all" or (isinstance(self.frames, int) and self.frames >= 2)
+        _check(ok_frames, "frames", "an integer >= 2 or 'all'", self.frames)
+        ok_max = isinstance(self.max_frames, int) and self.max_frames >= 2
+        _check(ok_max, "max_frames", "an integer >= 2", self.max_frames, "max_frames")
+        _check(self.too_long in TOO_LONG, "too_long", f"one of {', '.join(TOO_LONG)}", self.too_long)
         _check(self.fps > 0, "fps", "> 0", self.fps)
         for name in ("width", "height"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 8 and v % 8 == 0, name, "a positive multiple of 8", v)
         _check(self.resize in RESIZE_MODES, "resize", f"one of {', '.join(RESIZE_MODES)}", self.resize)
+        return self
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How a clip longer than one model window is edited (windows.py): in one window while it has at most
+    `max_frames` frames, else in chained windows of `frames` frames that overlap by `overlap`."""
+
+    frames: int | None = None  # chained windows' length (None: the backbone's trained clip length)
+    overlap: int = 1  # frames shared by consecutive windows (>= 1: the next window starts from one)
+    max_frames: int | None = None  # the longest clip edited as one window (None: the backbone's)
+    match_stats: float = 0.0  # strength of matching each window's latent channel mean / std to window 1's
+    blend: str = "earlier"  # overlapping frames: the earlier window's, or a linear crossfade of the two
+
+    def validate(self) -> WindowSettings:
+        ok = self.frames is None or (isinstance(self.frames, int) and self.frames >= 2)
+        _check(ok, "frames", "an integer >= 2 (or unset: the backbone's)", self.frames, "window_frames")
+        ok = isinstance(self.overlap, int) and self.overlap >= 1 and (self.frames is None or self.overlap < self.frames)
+        _check(ok, "overlap", "an integer >= 1 and below window.frames", self.overlap, "window_overlap")
+        ok = self.max_frames is None or (isinstance(self.max_frames, int) and self.max_frames >= 2)
+        _check(ok, "max_frames", "an integer >= 2 (or unset: the backbone's)", self.max_frames, "window_max_frames")
+        _check(0.0 <= self.match_stats <= 1.0, "match_stats", "between 0 and 1", self.match_stats, "window_match_stats")
+        _check(self.blend in BLENDS, "blend", f"one of {', '.join(BLENDS)}", self.blend, "window_blend")
         return self
 
 
@@ -142,7 +175,22 @@ BACKBONE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "edit": {"guidance_scale": 4.0, "negative_prompt": ""},
     },
 }
-SECTION_CLASSES = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings}
+SECTION_CLASSES = {
+    "clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings, "window": WindowSettings,
+}  # fmt: skip
+
+# fields added after outputs and stored inversions were first fingerprinted, with their defaults: left
+# out of fingerprints and inversion ids while at those defaults, so that what was made before stays valid
+ADDED_LATER: dict[type, dict[str, Any]] = {
+    ClipSettings: {"max_frames": 256, "too_long": "error"},
+    WindowSettings: {f.name: f.default for f in dataclasses.fields(WindowSettings)},
+}
+
+
+def recorded_fields(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as the dict that fingerprints and ids hash (see ADDED_LATER)."""
+    later = ADDED_LATER.get(type(settings), {})
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in later or v != later[k]}
 
 
 def backbone_defaults(backbone: str) -> dict[str, Any]:

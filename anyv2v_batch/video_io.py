@@ -62,8 +62,10 @@ def read_video(
     resize: ResizeMode = "stretch",
     name: str | None = None,
     decoder: Decoder = "auto",
+    start: int = 0,
 ) -> Clip:
-    """Decode a video file (a path or a binary file object) into a clip.
+    """Decode a video file (a path or a binary file object) into a clip: output frames [start, start +
+    frames) at `fps` (only those frames are decoded: a window of a long source never holds the rest).
 
     `decoder="auto"` reads with decord and falls back to PyAV when decord cannot open the file or decode
     its frames; "decord" or "pyav" uses that one only. Either gives the same frames (see video_decode)."""
@@ -95,7 +97,8 @@ def read_video(
             failures.append(f"{which}: {_first_line(e)}")
             continue
         opened = True
-        indices = _indices_or_refuse(video, frames, fps, label)  # the file itself, not the decoder: no fallback
+        # the file itself, not the decoder: no fallback
+        indices = _indices_or_refuse(video, start + frames, fps, label)[start:]
         try:
             raw = video.frames(indices)
         except Exception as e:
@@ -103,9 +106,39 @@ def read_video(
             continue
         src_h, src_w = raw.shape[1:3]
         fitted = np.stack([fit_frame(f, width, height, resize) for f in raw])
+        del raw
         return Clip(fitted, fps, video.fps, (src_w, src_h), video.num_frames, video.decoder)
     problem = "frames are corrupt" if opened else "not a readable video"
     raise AnyV2VError(f"cannot decode {label!r}: {problem} ({'; '.join(failures)})")
+
+
+@dataclass
+class VideoLength:
+    frames: int  # output frames at the asked fps the source fills (at most the limit asked for)
+    seconds: float  # how long the source plays
+    source_frames: int
+    source_fps: float
+
+
+def video_length(source: bytes, fps: float, limit: int, name: str = "video") -> VideoLength:
+    """How many frames at `fps` a video file fills, counted from its frame index alone (no frame is
+    decoded), up to `limit`; with the same decoders as `read_video`."""
+    if not source:
+        raise AnyV2VError(f"source video {name!r} is empty (0 bytes)")
+    failures: list[str] = []
+    for which in decoders_to_try("auto"):
+        try:
+            video = open_video(io.BytesIO(source), which)
+        except Exception as e:  # noqa: BLE001 - decord raises bare errors; PyAV av.FFmpegError
+            failures.append(f"{which}: {_first_line(e)}")
+            continue
+        if not video.fps > 0:
+            raise AnyV2VError(f"{name!r} has no frame rate; re-encode it (e.g. ffmpeg -r 24) and try again")
+        indices = frame_indices(video.timestamps, video.fps, fps, limit)
+        count = next((k for k, i in enumerate(indices) if i >= video.num_frames), len(indices))
+        seconds = clip_seconds(video.timestamps, video.num_frames, video.fps)
+        return VideoLength(count, seconds, video.num_frames, float(video.fps))
+    raise AnyV2VError(f"cannot decode {name!r}: not a readable video ({'; '.join(failures)})")
 
 
 def _indices_or_refuse(video: VideoFile, frames: int, fps: float, label: str) -> list[int]:
@@ -177,33 +210,60 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     raise AnyV2VError(f"not a readable video ({'; '.join(failures)})")
 
 
+def _frame_paths(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
 def read_frame_folder(
-    folder: str | os.PathLike, frames: int, fps: float, width: int, height: int, resize: ResizeMode = "stretch"
+    folder: str | os.PathLike,
+    frames: int,
+    fps: float,
+    width: int,
+    height: int,
+    resize: ResizeMode = "stretch",
+    start: int = 0,
 ) -> Clip:
-    """The first `frames` images of a folder in name order, taken as they are (no resampling in time)."""
+    """Images [start, start + frames) of a folder in name order, taken as they are (no resampling in time)."""
     folder = Path(folder)
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if len(paths) < frames:
+    paths = _frame_paths(folder)
+    if len(paths) < start + frames:
         raise AnyV2VError(
-            f"frame folder {str(folder)!r} holds {len(paths)} images, fewer than --frames {frames}; "
+            f"frame folder {str(folder)!r} holds {len(paths)} images, fewer than --frames {start + frames}; "
             "add frames or lower --frames"
         )
-    raw = [read_image(p) for p in paths[:frames]]
+    raw = [read_image(p) for p in paths[start : start + frames]]
     size = raw[0].shape[1], raw[0].shape[0]
     fitted = np.stack([fit_frame(f, width, height, resize) for f in raw])
     return Clip(fitted, fps, None, size, len(paths))
 
 
 def read_source(
-    source: str | os.PathLike, frames: int, fps: float, width: int, height: int, resize: ResizeMode = "stretch"
+    source: str | os.PathLike,
+    frames: int,
+    fps: float,
+    width: int,
+    height: int,
+    resize: ResizeMode = "stretch",
+    start: int = 0,
 ) -> Clip:
-    """A video file or a folder of frames."""
+    """A video file or a folder of frames: output frames [start, start + frames)."""
     path = Path(source)
     if path.is_dir():
-        return read_frame_folder(path, frames, fps, width, height, resize)
+        return read_frame_folder(path, frames, fps, width, height, resize, start)
     if not path.exists():
         raise AnyV2VError(f"source {str(path)!r} does not exist")
-    return read_video(path, frames, fps, width, height, resize)
+    return read_video(path, frames, fps, width, height, resize, start=start)
+
+
+def source_length(source: str | os.PathLike, fps: float, limit: int) -> VideoLength:
+    """How many frames (at most `limit`) a video file fills at `fps`, or a folder holds."""
+    path = Path(source)
+    if path.is_dir():
+        count = len(_frame_paths(path))
+        return VideoLength(min(count, limit), count / fps, count, fps)
+    if not path.exists():
+        raise AnyV2VError(f"source {str(path)!r} does not exist")
+    return video_length(path.read_bytes(), fps, limit, path.name)
 
 
 # an image over this many pixels is refused before its pixels are decoded (a PNG of a few KB can

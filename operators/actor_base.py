@@ -83,3 +83,20 @@ def load_job_backbones(job, compile: bool = False) -> dict:
             backbone.compile()
         loaded[(name, model)] = backbone
     return loaded
+
+
+FAULT_POINTS = "ANYV2V_BATCH_FAULT_POINTS"
+
+
+def fault_point(name: str) -> None:
+    """Where the fault tests hold a job (a no-op unless $ANYV2V_BATCH_FAULT_POINTS names a folder): the
+    actor reports `<name>.arrived` there and waits until the test writes `<name>.go` (or kills it)."""
+    folder = os.environ.get(FAULT_POINTS)
+    if not folder:
+        return
+    import time
+    from pathlib import Path
+
+    (Path(folder) / f"{name}.arrived").write_text(str(os.getpid()))
+    while not (Path(folder) / f"{name}.go").exists():
+        time.sleep(0.05)  # a barrier: released by the test, never by the clock

@@ -30,6 +30,8 @@ class EditorPool:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         for work in batch["work"]:
+            if work.window is not None and work.window.index > 0:
+                continue  # a later window of a long clip starts from the earlier window's output
             for variant in work.pending():
                 started = time.perf_counter()
                 try:

@@ -18,6 +18,7 @@ from anyv2v_batch.evaluation import SCORE_COLUMNS
 from anyv2v_batch.inversion import inversion_to_bytes
 from anyv2v_batch.job import JobSpec
 from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line, work_inversion_id
+from anyv2v_batch.settings import recorded_fields
 from anyv2v_batch.video_io import encode_mp4, encode_png
 
 
@@ -48,12 +49,28 @@ def settings_record(job: JobSpec, work: ClipWork, variant: VariantWork) -> dict[
         "negative_prompt": variant.settings.negative_prompt,
         "edit_prompt": variant.edit_prompt,
         "editor": {"name": variant.editor.name, "options": variant.editor.options},
-        "clip": dataclasses.asdict(work.clip),
+        "clip": recorded_fields(work.clip),
         "inversion": dataclasses.asdict(work.inversion_settings),
         "edit": dataclasses.asdict(variant.settings),
         "source": work.source,
+        **long_clip_record(work, variant),
         "settings_fingerprint": job.fingerprints.get(variant.name, ("", ""))[0],
         "anyv2v_batch": __version__,
+    }
+
+
+def long_clip_record(work: ClipWork, variant: VariantWork) -> dict[str, Any]:
+    """A clip of `frames: all` or of several windows: its length and, per window, frames and seed."""
+    if work.clip.frames != "all" and len(work.plan) < 2:
+        return {}
+    return {
+        "frames": work.total,
+        "truncated": work.truncated,
+        "window": recorded_fields(work.window_settings),
+        "windows": [
+            {"start": w.start, "frames": w.frames, "seed": s}
+            for w, s in zip(work.plan, variant.window_seeds, strict=False)  # no seeds: not sampled
+        ],
     }
 
 
@@ -75,7 +92,7 @@ def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str
         "negative_prompt": s.negative_prompt,
         "edit_prompt": variant.edit_prompt,
         "seed": s.seed,
-        "frames": c.frames,
+        **length_fields(work, status),
         "fps": float(c.fps),
         "width": c.width,
         "height": c.height,
@@ -94,6 +111,33 @@ def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str
         "settings_fields": job.fingerprints.get(variant.name, ("", "{}"))[1],
         **{f"seconds_{k}": float(seconds.get(k, 0.0)) for k in STAGES},
         **score_fields(job, variant, status),
+        **window_fields(work, variant, status),
+    }
+
+
+def length_fields(work: ClipWork, status: str) -> dict[str, Any]:
+    """The clip's frame count (what `frames: all` came to), and how long the source and output play."""
+    c = work.clip
+    frames = work.total or (c.frames if isinstance(c.frames, int) else 0)
+    return {
+        "frames": frames,
+        "truncated": work.truncated,  # cut to clip.max_frames (clip.too_long: truncate)
+        "source_seconds": float(work.source.get("seconds") or 0.0),
+        "output_seconds": frames / float(c.fps) if status == "ok" else 0.0,
+    }
+
+
+def window_fields(work: ClipWork, variant: VariantWork, status: str) -> dict[str, Any]:
+    """How a clip longer than one window was edited: its plan, each window's seed, and the step at each
+    join against the median step inside the windows (filter bad seams on `seam_step_max`)."""
+    ok = status == "ok"
+    return {
+        "windows": len(work.plan),
+        "window_plan": json.dumps([[w.start, w.frames] for w in work.plan]),
+        "window_seeds": list(variant.window_seeds) if ok else [],
+        "seam_steps": [float(x) for x in variant.seam_steps] if ok else [],
+        "seam_step_max": float(max(variant.seam_steps)) if ok and variant.seam_steps else None,
+        "window_edit_hold": [float(x) for x in variant.window_scores] if ok else [],
     }
 
 
@@ -185,7 +229,8 @@ def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, A
         "error": error,
         "backbone": work.backbone,
         "model": work.model or "",
-        "frames": c.frames,
+        "frames": work.frames_here,
+        "window_start": work.start,
         "fps": float(c.fps),
         "width": c.width,
         "height": c.height,

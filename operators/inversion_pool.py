@@ -14,6 +14,7 @@ from anyv2v_batch.job import JobSpec
 from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, load_job_backbones, start_worker
 from anyv2v_batch.operators.work import ClipWork, one_line, work_inversion_id
 from anyv2v_batch.pnp_edit import check_inversion_serves, plan_sampling
+from anyv2v_batch.windows import window_clip
 
 OOM_MESSAGE = "out of memory inverting this clip alone; use fewer frames, a smaller size or a bigger GPU"
 
@@ -62,7 +63,7 @@ class InversionPool:
                 raise ValueError(f"made from other {', '.join(wrong) or 'settings'}")
             f = self.backbone(work).vae_scale_factor
             c = work.clip
-            if tuple(inversion.latents.shape[2:]) != (c.frames, c.height // f, c.width // f):
+            if tuple(inversion.latents.shape[2:]) != (work.frames_here, c.height // f, c.width // f):
                 raise ValueError("latents of another shape")
             missing = sorted(keep - set(inversion.timesteps))
             if missing:
@@ -88,7 +89,7 @@ class InversionPool:
             if self.keep_all:
                 keep[id(work)] = None
             try:
-                self.backbone(work).check_clip(work.clip)
+                self.backbone(work).check_clip(window_clip(work.clip, work.frames_here))
             except AnyV2VError as e:
                 work.error = str(e)
                 continue

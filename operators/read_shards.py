@@ -18,7 +18,7 @@ import json
 import posixpath
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -32,6 +32,8 @@ from anyv2v_batch.operators.work import (
     pair_id,
     variant_for_sample,
 )
+from anyv2v_batch.settings import ClipSettings
+from anyv2v_batch.windows import window_clip
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov")
 
@@ -296,6 +298,7 @@ class StoredInversions:
     def __init__(self, root: str | None, shard_id: str):
         self.file = self.tar = None
         self.members: dict[str, tarfile.TarInfo] = {}
+        self.by_key: dict[str, set[str]] | None = None
         if root is None:
             return
         fs, path = filesystem(join(root, "shards", f"{shard_id}.tar"))
@@ -315,12 +318,39 @@ class StoredInversions:
         except (OSError, tarfile.TarError):
             return None
 
+    def ids(self, key: str) -> frozenset[str]:
+        """The inversion ids stored for a sample (its clip's, or its windows')."""
+        if self.by_key is None:
+            self.by_key = {}
+            for name in self.members:
+                if name.endswith(".safetensors"):
+                    stem = name[: -len(".safetensors")]
+                    k, _, inv = stem.rpartition(".")
+                    self.by_key.setdefault(k, set()).add(inv)
+        return frozenset(self.by_key.get(key, ()))
+
+    def entries(self, key: str, wanted: Callable[[str], bool]) -> dict[str, bytes]:
+        """The stored inversions of a sample whose ids `wanted` accepts, by id (the decode stage picks its
+        clip's or its windows' once it knows the clip's length)."""
+        out = {}
+        for inv in self.ids(key):
+            if wanted(inv):
+                data = self.get(key, inv)
+                if data is not None:
+                    out[inv] = data
+        return out
+
     def close(self) -> None:
         for handle in (self.tar, self.file):
             if handle is not None:
                 handle.close()
         self.file = self.tar = None
         self.members = {}
+
+
+def concrete(clip: ClipSettings) -> ClipSettings:
+    """A clip of a given frame count as its inversion is named (see windows.window_clip)."""
+    return window_clip(clip, clip.frames) if clip.frames != "all" else clip
 
 
 def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterator[dict[str, Any]]:
@@ -330,7 +360,7 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
     are attached for the inversion pool to check and reuse. mode "invert": while its inversion is not
     stored yet (`done` then holds inversion pair ids)."""
     shard, shard_id, done = row["shard"], row["shard_id"], set(row["done"])
-    stored = StoredInversions(job.inversions if mode == "edit" else None, shard_id)
+    stored = StoredInversions(job.inversions, shard_id)
     started = time.perf_counter()
     try:
         for sample in iter_samples(shard, job.limits):
@@ -347,9 +377,10 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
             for specs in group_variants(job):
                 clip, inversion, backbone, model = specs[0].clip, specs[0].inversion, specs[0].backbone, specs[0].model
                 weights = job.weights_of(backbone, model)
-                inv_id = inversion_id(backbone, model, clip, inversion, weights)
+                window = specs[0].window
+                inv_id = inversion_id(backbone, model, concrete(clip), inversion, weights)
                 if mode == "invert":
-                    if pair_id(key, inv_id) in done:
+                    if clip.frames != "all" and pair_id(key, inv_id) in done:
                         continue
                     todo: set[str] = set()
                 else:
@@ -373,11 +404,15 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                     inversion_settings=inversion,
                     variants=variants,
                     error=error,
-                    stored_inversion=stored.get(key, inv_id) if not error else None,
                     backbone=backbone,
                     model=model,
                     weights=weights,
+                    window_settings=window,
                 )
+                if not error and mode == "edit":  # the clip's inversion or its windows': decode picks
+                    work.stored_entries = stored.entries(key, lambda _: True)
+                elif not error:
+                    work.stored_ids = stored.ids(key)
                 work.seconds["read"] = time.perf_counter() - started
                 yield {"work": work}
                 started = time.perf_counter()
@@ -402,7 +437,8 @@ def pending_rows(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> int:
         ids = []
         for specs in groups:
             v = specs[0]
-            ids.append(inversion_id(v.backbone, v.model, v.clip, v.inversion, job.weights_of(v.backbone, v.model)))
+            weights = job.weights_of(v.backbone, v.model)
+            ids.append(inversion_id(v.backbone, v.model, concrete(v.clip), v.inversion, weights))
         return sum(pair_id(key, inv_id) not in done for key in keys for inv_id in ids)
     return sum(pair_id(key, v.name) not in done for key in keys for specs in groups for v in specs)
 

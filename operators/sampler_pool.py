@@ -13,8 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from anyv2v_batch.chain import ChainRequest, edit_chains
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, load_job_backbones, start_worker
+from anyv2v_batch.operators.actor_base import (
+    fault_point,
+    is_out_of_memory,
+    isolate_failures,
+    load_job_backbones,
+    start_worker,
+)
 from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line
 from anyv2v_batch.pnp_edit import EditRequest, batch_key, edit_batch
 
@@ -34,6 +41,9 @@ class SamplerPool:
         started = time.perf_counter()
         by_key: dict[tuple, list[tuple[ClipWork, VariantWork]]] = defaultdict(list)
         for work in works:
+            if work.windows:
+                self.sample_chain(work)
+                continue
             for variant in work.pending():
                 request = EditRequest(work.inversion, variant.first_frame, variant.settings)
                 by_key[(work.backbone, work.model, *batch_key(request))].append((work, variant))
@@ -57,5 +67,33 @@ class SamplerPool:
         for work in works:
             for variant in work.variants:
                 variant.seconds["sampler"] = seconds
-            work.inversion = None
+            work.inversion, work.windows = None, []
         return {"work": works}
+
+    def sample_chain(self, work: ClipWork) -> None:
+        """A clip of several windows: its variants sampled window after window (chain.py), together (sharing
+        the source branch) unless the job runs each variant alone."""
+        backbone = self.backbones[(work.backbone, work.model)]
+
+        def run(variants: list[VariantWork]) -> None:
+            requests = [ChainRequest(v.first_frame, v.settings) for v in variants]
+            results = edit_chains(
+                backbone, work.plan, lambda w: work.windows[w.index], requests, work.window_settings,
+                on_window=lambda w: fault_point(f"{work.key}.window{w.index + 1}"),
+            )  # fmt: skip
+            for variant, result in zip(variants, results, strict=True):
+                variant.frames, variant.window_seeds, variant.seam_steps = (
+                    result.frames,
+                    result.seeds,
+                    result.seam_steps,
+                )
+
+        def fail(variant: VariantWork, e: BaseException) -> None:
+            variant.error = OOM_MESSAGE if is_out_of_memory(e) else one_line(e)
+
+        pending = work.pending()
+        if self.share_source:
+            isolate_failures(pending, run, fail)
+        else:
+            for variant in pending:
+                isolate_failures([variant], run, fail)

@@ -18,8 +18,9 @@ import numpy as np
 from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.inversion import Inversion
 from anyv2v_batch.job import EditorSpec, JobSpec, VariantSpec
-from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings
+from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings, WindowSettings, recorded_fields
 from anyv2v_batch.templates import TemplateError, fill, template_fields
+from anyv2v_batch.windows import Window, window_clip
 
 
 @dataclass
@@ -39,6 +40,9 @@ class VariantWork:
     scorer_identity: str = ""  # what scored it, as the scorer actor reports it (scores.Scorer.identity, JSON)
     mp4: bytes | None = None  # the encoded clip, once made (scored as written; encode reuses it)
     row: dict[str, Any] | None = None  # `anyv2v-batch score`: the pair's existing metadata row
+    window_seeds: list[int] = field(default_factory=list)  # a long clip's windows' seeds (chain.py)
+    seam_steps: list[float] = field(default_factory=list)  # and the step at each join (windows.seam_steps)
+    window_scores: list[float] = field(default_factory=list)  # edit hold per window (scorer pool)
     # False for a variant that is already done but is computed again beside its clip's pending ones,
     # so that every output comes from the same batch composition as in an uninterrupted run
     write: bool = True
@@ -66,10 +70,38 @@ class ClipWork:
     backbone: str = "i2vgen-xl"  # the model that inverts and samples this clip's variants
     model: str | None = None
     weights: str = ""  # the model's weights identity (part of the stored inversion's name)
+    # clips longer than one window (anyv2v_batch/windows.py), filled in by the decode stage
+    window_settings: WindowSettings = WindowSettings()
+    total: int = 0  # the clip's frame count (clip.frames, or what "all" came to)
+    truncated: bool = False  # cut to clip.max_frames
+    plan: tuple[Window, ...] = ()
+    window: Window | None = None  # set on the row of one window of a multi-window clip
+    windows: list[Inversion] = field(default_factory=list)  # a multi-window clip's inversions, gathered
+    stored_entries: dict[str, bytes] = field(default_factory=dict)  # the key's stored inversions, by id
+    stored_ids: frozenset[str] = frozenset()  # `invert`: the ids already in the store for this key
 
     def pending(self) -> list[VariantWork]:
         """Variants still being worked on."""
         return [] if self.error else [v for v in self.variants if not v.error]
+
+    @property
+    def frames_here(self) -> int:
+        """The frames this row inverts: its window's, else the whole clip's."""
+        if self.window is not None:
+            return self.window.frames
+        return self.total or (self.clip.frames if isinstance(self.clip.frames, int) else 0)
+
+    @property
+    def start(self) -> int:
+        return self.window.start if self.window is not None else 0
+
+    def for_window(self, window: Window) -> ClipWork:
+        """The row of one window: its own variants' copies (the editor and sampler use window 1's)."""
+        variants = self.variants if window.index == 0 else [dataclasses.replace(v) for v in self.variants]
+        return dataclasses.replace(
+            self, window=window, variants=variants, frames=None, video=None, seconds=dict(self.seconds),
+            source=dict(self.source), stored_entries={}, stored_ids=frozenset(),
+        )  # fmt: skip
 
 
 def pair_id(key: str, variant: str) -> str:
@@ -78,14 +110,21 @@ def pair_id(key: str, variant: str) -> str:
 
 
 def inversion_id(
-    backbone: str, model: str | None, clip: ClipSettings, inversion: InversionSettings, weights: str = ""
+    backbone: str,
+    model: str | None,
+    clip: ClipSettings,
+    inversion: InversionSettings,
+    weights: str = "",
+    start: int = 0,
 ) -> str:
     """The name under which a clip's inversion is stored: backbone, weights (the model id and its
     identity, see loading.weights_identity) and every setting that changes it (the decoded frames' hash
-    is checked separately, inside the entry)."""
-    parts = [backbone, model, weights, dataclasses.asdict(clip), dataclasses.asdict(inversion)]
+    is checked separately, inside the entry). A window of a long clip is the clip of its frames that
+    starts at frame `start` (windows.py): the first window of a clip is stored as the clip of its length."""
+    parts = [backbone, model, weights, recorded_fields(clip), dataclasses.asdict(inversion)]
     text = json.dumps(parts, sort_keys=True)
-    return "inv-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    name = "inv-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{name}-at{start}" if start else name
 
 
 def derive_seed(base: int, key: str, variant: str) -> int:
@@ -127,12 +166,21 @@ def group_variants(job: JobSpec) -> list[list[VariantSpec]]:
     """The job's variants grouped by what they can share: one backbone, one decoded clip, one inversion."""
     groups: dict[tuple, list[VariantSpec]] = {}
     for spec in job.variants:
-        groups.setdefault((spec.backbone, spec.model, spec.clip, spec.inversion), []).append(spec)
+        groups.setdefault((spec.backbone, spec.model, spec.clip, spec.inversion, spec.window), []).append(spec)
     return list(groups.values())
 
 
 def work_inversion_id(work: ClipWork) -> str:
-    return inversion_id(work.backbone, work.model, work.clip, work.inversion_settings, work.weights)
+    """The stored name of this row's inversion: of its window, or of the whole clip."""
+    clip = window_clip(work.clip, work.frames_here)
+    return inversion_id(work.backbone, work.model, clip, work.inversion_settings, work.weights, work.start)
+
+
+def clip_group_id(work: ClipWork) -> str:
+    """The whole clip's group (its settings as given, "all" included): what gathers its windows."""
+    return inversion_id(work.backbone, work.model, work.clip, work.inversion_settings, work.weights) + (
+        "-" + hashlib.sha256(repr(work.window_settings).encode()).hexdigest()[:8]
+    )
 
 
 def one_line(e: BaseException) -> str:

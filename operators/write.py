@@ -128,6 +128,10 @@ ROW_TYPES = {
     **{c: pa.float32() for c in SCORE_COLUMNS},
     "passed": pa.bool_(),
     "failed_checks": pa.list_(pa.string()),
+    "window_seeds": pa.list_(pa.int64()),
+    "seam_steps": pa.list_(pa.float32()),
+    "seam_step_max": pa.float32(),
+    "window_edit_hold": pa.list_(pa.float32()),
 }  # columns that may be null in every row of a shard, typed so that all shards share one schema
 
 

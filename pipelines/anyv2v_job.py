@@ -163,6 +163,7 @@ def check_models(job: JobSpec) -> None:
     whether its inversion stores every latent its edit reads."""
     from anyv2v_batch.backbones import backbone_class
     from anyv2v_batch.evaluation import check_scorer
+    from anyv2v_batch.operators.decode import window_limits
     from anyv2v_batch.pnp_edit import check_edit_settings
 
     check_scorer(job.evaluate, job.device)
@@ -172,8 +173,19 @@ def check_models(job: JobSpec) -> None:
             backbone_cls = backbone_class(v.backbone)
             backbone_cls.check_settings(v.model, v.clip)
             check_edit_settings(backbone_cls, v.model, v.edit, v.inversion)
+            window_limits(v.backbone, v.model, v.window)  # window settings the backbone cannot run
         except AnyV2VError as e:
             raise AnyV2VError(f"variant {v.name!r}: {e}") from None
+
+
+def may_window(job: JobSpec) -> bool:
+    """Whether a clip of the job can have several windows (then the gather stage joins them)."""
+    from anyv2v_batch.operators.decode import window_limits
+
+    for v in job.variants:
+        if v.clip.frames == "all" or v.clip.frames > window_limits(v.backbone, v.model, v.window).max_frames:
+            return True
+    return False
 
 
 def init_ray(job: JobSpec) -> None:
@@ -275,6 +287,7 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
 
     from anyv2v_batch.operators.decode import decode_clip
     from anyv2v_batch.operators.editor_pool import EditorPool
+    from anyv2v_batch.operators.gather import WindowGather
     from anyv2v_batch.operators.encode import encode_inversions, encode_pairs
     from anyv2v_batch.operators.inversion_pool import InversionPool
     from anyv2v_batch.operators.read_shards import read_shard
@@ -296,10 +309,15 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
     decode, encode = pools["decode"], pools["encode"]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.flat_map(read_shard, fn_kwargs={"job": job, "mode": mode}, num_cpus=decode.num_cpus)
-    ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
+    ds = ds.flat_map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
     if mode == "edit":
         ds = actors(ds, EditorPool, "editor")
         ds = actors(ds, InversionPool, "inversion")
+        if may_window(job):  # a long clip's windows, inverted as separate rows, joined again
+            ds = ds.map_batches(
+                WindowGather, compute=ActorPoolStrategy(size=1), batch_size=1, num_cpus=0,
+                fn_constructor_kwargs={"num_cpus": 1},
+            )  # fmt: skip
         ds = actors(ds, SamplerPool, "sampler")
         if job.evaluate.enabled:
             ds = actors(ds, ScorerPool, "scorer")

@@ -225,7 +225,7 @@ def _scoring_dataset(job: JobSpec, items: list[dict[str, Any]], read, to_parts, 
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    from anyv2v_batch.operators.decode import decode_clip
+    from anyv2v_batch.operators.decode import decode_whole
     from anyv2v_batch.operators.scorer_pool import ScorerPool
     from anyv2v_batch.operators.storage import join, remove_if_empty
     from anyv2v_batch.operators.write import compact_shard, write_part
@@ -236,7 +236,7 @@ def _scoring_dataset(job: JobSpec, items: list[dict[str, Any]], read, to_parts, 
     scorer, decode, encode = pools["scorer"], pools["decode"], pools["encode"]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.flat_map(read, fn_kwargs={"job": job, **read_kwargs}, num_cpus=decode.num_cpus)
-    ds = ds.map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
+    ds = ds.map(decode_whole, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
     ds = ds.map_batches(
         ScorerPool, compute=ActorPoolStrategy(size=scorer.size), batch_size=scorer.batch_size,
         num_gpus=scorer.num_gpus, num_cpus=scorer.num_cpus,

@@ -303,7 +303,7 @@ def test_a_job_decodes_a_sample_decord_cannot_read():
         inversion_settings=InversionSettings(),
         variants=[VariantWork("v", EditSettings(), EditorSpec())],
     )
-    work = decode_clip({"work": work})["work"]
+    work = next(decode_clip({"work": work}))["work"]
     assert work.error == ""
     assert work.frames.shape == (4, 32, 24, 3) and frame_numbers(work.frames) == [0, 1, 2, 3]
     assert np.abs(work.frames.astype(int) - source[:4]).mean() < 6

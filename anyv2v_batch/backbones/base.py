@@ -18,6 +18,7 @@ import torch
 from ..errors import AnyV2VError
 from ..schedule import Schedule
 from ..settings import ClipSettings
+from ..windows import WindowLimits
 
 # UNet keyword tensors, batch first, one entry per branch.
 Conditioning = dict[str, torch.Tensor]
@@ -96,6 +97,15 @@ class Backbone(ABC):
         The first calls compile (minutes on a GPU for a full-size UNet); a new batch size or a new set of
         injecting kinds compiles once more. Outputs are unchanged up to float rounding."""
         self.unet.compile(**options)
+
+    # clips longer than one window (windows.py): the trained clip length, and the longest clip run as one window
+    window_frames: ClassVar[int] = 16
+    max_window_frames: ClassVar[int] = 16
+
+    @classmethod
+    def window_limits(cls, model: str | None) -> WindowLimits:
+        """The windows this model takes (from its configs alone, before any weights load)."""
+        return WindowLimits(cls.window_frames, cls.max_window_frames)
 
     @classmethod
     def check_settings(cls, model: str | None, clip: ClipSettings) -> None:

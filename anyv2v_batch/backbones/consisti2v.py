@@ -26,6 +26,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ..errors import AnyV2VError
 from ..loading import load_component, load_json
 from ..settings import ClipSettings
+from ..windows import WindowLimits
 from .base import Backbone, Branch, Conditioning
 from .common import FrameByFrameVAE, encode_prompts, frames_to_pixels, load_sd_parts, unique_rows, vae_encode
 from .consisti2v_unet import CONV_POSITIONS, SPATIAL_POSITIONS, TEMPORAL_POSITIONS, ConsistI2VUNet
@@ -80,8 +81,18 @@ class ConsistI2V(FrameByFrameVAE, Backbone):
         )
 
     @classmethod
+    def window_limits(cls, model: str | None) -> WindowLimits:
+        n = load_json(model or cls.default_model, "unet", "config.json")["n_frames"]
+        return WindowLimits(n, n, exact=True)  # a longer clip runs in chained windows of n frames
+
+    @classmethod
     def check_settings(cls, model: str | None, clip: ClipSettings) -> None:
-        cls._check_frames(load_json(model or cls.default_model, "unet", "config.json")["n_frames"], clip)
+        n = load_json(model or cls.default_model, "unet", "config.json")["n_frames"]
+        if clip.frames != "all" and clip.frames < n:
+            raise AnyV2VError(
+                f"consisti2v runs exactly {n} frames (its UNet was trained with n_frames {n}), got --frames "
+                f"{clip.frames}; use --frames {n} or more (a longer clip runs in windows of {n}), or --frames all"
+            )
 
     def check_clip(self, clip: ClipSettings) -> None:
         super().check_clip(clip)

@@ -43,6 +43,9 @@ def _qk(prefix: str) -> tuple[str, ...]:
 class I2VGenXL(Backbone):
     name: ClassVar[str] = "i2vgen-xl"
     default_model: ClassVar[str] = "ali-vilab/i2vgen-xl"
+    # its temporal attention has no position embedding: one window takes any length. The official demo
+    # edits up to 128 frames (16 s at 8 fps) at 512 x 512 on a 48 GB GPU
+    max_window_frames: ClassVar[int] = 128
     injection_positions: ClassVar[dict[str, tuple[str, ...]]] = {
         # the output of conv2 of the second ResNet of decoder stage 1, before the skip connection
         "conv": ("up_blocks.1.resnets.1.conv2",),
