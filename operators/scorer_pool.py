@@ -29,7 +29,8 @@ def written_frames(work: ClipWork, variant: VariantWork) -> np.ndarray:
     c = work.clip
     if variant.mp4 is None:
         variant.mp4 = encode_mp4(variant.frames, c.fps)
-    return read_video(io.BytesIO(variant.mp4), work.total or c.frames, c.fps, c.width, c.height, name="output.mp4").frames
+    frames = work.total or c.frames  # what `frames: all` came to
+    return read_video(io.BytesIO(variant.mp4), frames, c.fps, c.width, c.height, name="output.mp4").frames
 
 
 def judge(settings: EvaluateSettings, variant: VariantWork) -> None:

@@ -287,8 +287,8 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
 
     from anyv2v_batch.operators.decode import decode_clip
     from anyv2v_batch.operators.editor_pool import EditorPool
-    from anyv2v_batch.operators.gather import WindowGather
     from anyv2v_batch.operators.encode import encode_inversions, encode_pairs
+    from anyv2v_batch.operators.gather import WindowGather
     from anyv2v_batch.operators.inversion_pool import InversionPool
     from anyv2v_batch.operators.read_shards import read_shard
     from anyv2v_batch.operators.sampler_pool import SamplerPool
