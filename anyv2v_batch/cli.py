@@ -436,7 +436,9 @@ RUN_FLAGS = {
     "model": "model", "device": "device", "dtype": "dtype", "address": "ray.address", "inversions": "inversions",
     "inversion_save_steps": "inversion.save_steps", "pnp_cross": "edit.pnp_cross",
     "fix_source_frame": "edit.fix_source_frame", "redo_changed": "redo_changed",
-    "evaluate_model": "evaluate.model",
+    "evaluate_model": "evaluate.model", "max_frames": "clip.max_frames", "too_long": "clip.too_long",
+    "window_frames": "window.frames", "window_overlap": "window.overlap", "window_max_frames": "window.max_frames",
+    "window_match_stats": "window.match_stats", "window_blend": "window.blend",
 }  # fmt: skip
 PROGRESS_EVERY_HELP = (
     "Without a terminal, log the progress line every SECONDS (a terminal's is redrawn in place). "
@@ -473,7 +475,14 @@ def run(
     init_step: Annotated[int | None, typer.Option(help="First sampling step index.")] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed; each sample's seed derives from it.")] = None,
     fps: Annotated[float | None, typer.Option(help="Resample clips to this fps.")] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per clip.")] = None,
+    frames: Annotated[str | None, typer.Option(help=FRAMES_HELP)] = None,
+    max_frames: Annotated[int | None, typer.Option(help=MAX_FRAMES_HELP)] = None,
+    too_long: Annotated[str | None, typer.Option(help=TOO_LONG_HELP)] = None,
+    window_frames: Annotated[int | None, typer.Option(help=WINDOW_FRAMES_HELP)] = None,
+    window_overlap: Annotated[int | None, typer.Option(help=WINDOW_OVERLAP_HELP)] = None,
+    window_max_frames: Annotated[int | None, typer.Option(help=WINDOW_MAX_FRAMES_HELP)] = None,
+    window_match_stats: Annotated[float | None, typer.Option(help=WINDOW_MATCH_HELP)] = None,
+    window_blend: Annotated[str | None, typer.Option(help=WINDOW_BLEND_HELP)] = None,
     width: Annotated[int | None, typer.Option(help="Width (multiple of 8).")] = None,
     height: Annotated[int | None, typer.Option(help="Height (multiple of 8).")] = None,
     resize: Annotated[str | None, typer.Option(help="stretch, crop or pad.")] = None,
@@ -520,6 +529,7 @@ def _job_command(mode: str, *, job_file, input, set_, editor_option, progress_ev
     overrides: dict = parse_set(set_ or [])
     overrides |= {f"editor.options.{k}": v for k, v in parse_set(editor_option or [], "--editor-option").items()}
     evaluate = flags.pop("evaluate", None)
+    flags["frames"] = _frames(flags.get("frames"))
     overrides |= {RUN_FLAGS[k]: v for k, v in flags.items() if v is not None}
     if evaluate or flags.get("evaluate_model"):  # on: the job's mode, else flag with thresholds, else score
         overrides["evaluate.mode"] = parse_set(set_ or []).get("evaluate.mode", "on")

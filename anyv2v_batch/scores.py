@@ -357,10 +357,18 @@ class Scorer:
         edited_first_frame: [H, W, 3] uint8; prompt: the description of the target video."""
         return self.score_many([(output, source, edited_first_frame, prompt)])[0]
 
-    def score_many(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]]) -> list[dict[str, float]]:
+    def score_many(
+        self,
+        items: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]],
+        windows: list[list[tuple[int, int]]] | None = None,
+    ) -> list[dict[str, float]]:
         """`score` for several (output, source, edited_first_frame, prompt) items, CLIP calls shared across
         them: every output frame, every distinct source clip and edited frame, every distinct prompt is
-        embedded once; the source's optical flow is computed once per distinct source."""
+        embedded once; the source's optical flow is computed once per distinct source.
+
+        windows: per item, the (start, end) frames of each window of a long clip; each result then also
+        holds "window_edit_hold": the edit hold of each window's frames (after its first) against the
+        edited first frame, which shows where a chain drifts from the edit."""
         for output, source, edited, prompt in items:
             _check_video(output, "output")
             _check_video(source, "source")
@@ -422,5 +430,8 @@ class Scorer:
             if self.aesthetic is not None:
                 aesthetic = self.aesthetic_scores(out)
                 scores["aesthetic_min"], scores["aesthetic_mean"] = aesthetic.min(), aesthetic.mean()
-            results.append({column(m): float(scores[m]) for m in self.metrics})
+            result = {column(m): float(scores[m]) for m in self.metrics}
+            if windows is not None and windows[i]:
+                result["window_edit_hold"] = [float((out[a + 1 : b] @ first).mean()) for a, b in windows[i]]
+            results.append(result)
         return results

@@ -41,6 +41,7 @@ DIR_MODE = 0o777 & ~_umask()
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DECODE_CHUNK = 4  # frames decord decodes per call
 
 
 @dataclass
@@ -99,15 +100,20 @@ def read_video(
         opened = True
         # the file itself, not the decoder: no fallback
         indices = _indices_or_refuse(video, start + frames, fps, label)[start:]
+        # decord seeks: a few frames at a time, each fitted at once, so that a window of a long, large source
+        # never sits in memory at the source size (PyAV decodes from the start: all in one pass)
+        step = DECODE_CHUNK if video.decoder == "decord" else max(1, len(indices))
+        fitted, src_w, src_h = [], 0, 0
         try:
-            raw = video.frames(indices)
+            for i in range(0, len(indices), step):
+                raw = video.frames(indices[i : i + step])
+                src_h, src_w = raw.shape[1:3]
+                fitted.extend(fit_frame(f, width, height, resize) for f in raw)
+                del raw
         except Exception as e:
             failures.append(f"{which}: {_first_line(e)}")
             continue
-        src_h, src_w = raw.shape[1:3]
-        fitted = np.stack([fit_frame(f, width, height, resize) for f in raw])
-        del raw
-        return Clip(fitted, fps, video.fps, (src_w, src_h), video.num_frames, video.decoder)
+        return Clip(np.stack(fitted), fps, video.fps, (src_w, src_h), video.num_frames, video.decoder)
     problem = "frames are corrupt" if opened else "not a readable video"
     raise AnyV2VError(f"cannot decode {label!r}: {problem} ({'; '.join(failures)})")
 

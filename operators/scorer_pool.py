@@ -74,7 +74,9 @@ class ScorerPool:
 
         def run(items: list[tuple[ClipWork, VariantWork]]) -> None:
             inputs = [(written_frames(w, v), w.frames, v.first_frame, v.settings.prompt) for w, v in items]
-            for (_, variant), scores in zip(items, self.scorer.score_many(inputs), strict=True):
+            windows = [[(x.start, x.end) for x in w.plan] if len(w.plan) > 1 else [] for w, _ in items]
+            for (_, variant), scores in zip(items, self.scorer.score_many(inputs, windows), strict=True):
+                variant.window_scores = scores.pop("window_edit_hold", [])
                 variant.scores, variant.scorer_identity = scores, self.identity
 
         def fail(item: tuple[ClipWork, VariantWork], e: BaseException) -> None:
