@@ -35,6 +35,7 @@ class ChainResult:
     windows: list[np.ndarray] = field(default_factory=list)  # each window's own output [W, H, W, 3]
     seeds: list[int] = field(default_factory=list)  # each window's seed
     seam_steps: list[float] = field(default_factory=list)  # windows.seam_steps, one per window k > 1
+    stats: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # each window's latent mean, std
 
 
 @torch.inference_mode()
@@ -54,7 +55,7 @@ def edit_chains(
     on_window(window) is called before each window is sampled."""
     outputs: list[list[np.ndarray]] = [[] for _ in requests]
     seeds: list[list[int]] = [[] for _ in requests]
-    reference: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(requests)
+    stats: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in requests]
     for w in plan:
         if on_window is not None:
             on_window(w)
@@ -70,15 +71,14 @@ def edit_chains(
         for group in groups:
             results = edit_batch(backbone, [edits[j] for j in group], decode=not matching)
             for j, result in zip(group, results, strict=True):
-                if w.index == 0:
-                    reference[j] = latent_stats(result.latents)
-                frames = result.frames
+                latents, frames = result.latents, result.frames
                 if matching:  # window 1 is never touched: its statistics are the reference
-                    latents = match_stats(result.latents, reference[j], window.match_stats)
+                    latents = match_stats(latents, stats[j][0], window.match_stats)
                     frames = to_uint8_frames(backbone.decode_video(latents.to(backbone.device)))
+                stats[j].append(latent_stats(latents))
                 outputs[j].append(frames)
     results = []
     for j in range(len(requests)):
         clip = assemble(outputs[j], plan, window.blend)
-        results.append(ChainResult(clip, outputs[j], seeds[j], seam_steps(clip, plan)))
+        results.append(ChainResult(clip, outputs[j], seeds[j], seam_steps(clip, plan), stats[j]))
     return results
