@@ -28,7 +28,11 @@ TINY = ROOT / "tests" / "fixtures" / "anyv2v-reference" / "tiny-i2vgen-xl"
 STAGES = ("read", "decode", "editor", "inversion", "sampler", "scorer", "encode")
 
 
-def make_shards(folder: Path, clips: int, shards: int, size: int) -> None:
+def make_shards(
+    folder: Path, clips: int, shards: int, size: int, frames: int = 24, long: int = 0, long_frames: int = 0
+):
+    """Synthetic shards: `clips` clips of `frames` frames, the first `long` of them `long_frames` long
+    (spread over the shards: the long clips come first in the first shards)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from shards import mp4, png, recolor, write_shard
 
@@ -37,8 +41,9 @@ def make_shards(folder: Path, clips: int, shards: int, size: int) -> None:
     for s in range(shards):
         members = []
         for c in range(s * per, min(clips, (s + 1) * per)):
+            n = long_frames if c < long else frames
             base = rng.integers(0, 255, (1, size, size, 3)).astype(np.float32)
-            clip = np.clip(base + rng.normal(0, 10, (24, size, size, 3)), 0, 255).astype(np.uint8)
+            clip = np.clip(base + rng.normal(0, 10, (n, size, size, 3)), 0, 255).astype(np.uint8)
             members += [(f"clip{c:04d}.mp4", mp4(clip)), (f"clip{c:04d}.txt", b"a car"),
                         (f"clip{c:04d}.edited.png", png(recolor(clip[0])))]  # fmt: skip
         write_shard(folder / f"{s:06d}.tar", members)
@@ -57,6 +62,8 @@ def main() -> None:
     p.add_argument("--inversion-steps", type=int, default=100)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--cpus", type=float, default=None, help="CPUs of the local Ray instance")
+    p.add_argument("--long", type=int, default=0, help="how many of the clips are long (frames: all, windows)")
+    p.add_argument("--long-frames", type=int, default=64, help="frames of a long clip (windows of --frames)")
     p.add_argument("--evaluate", action="store_true", help="score every output (scorer pool)")
     p.add_argument("--evaluate-model", default=None, help="CLIP model (default: a tiny random one built here)")
     args = p.parse_args()
@@ -67,7 +74,12 @@ def main() -> None:
     from anyv2v_batch.pipelines.anyv2v_job import run_job
 
     work = Path(tempfile.mkdtemp(prefix="anyv2v-bench-"))
-    make_shards(work / "in", args.clips, args.shards, args.size)
+    if args.long:  # short clips are exactly one window; long ones are chained windows of that length
+        make_shards(work / "in", args.clips, args.shards, args.size, args.frames, args.long, args.long_frames)
+        clip, window = {"frames": "all"}, {"max_frames": args.frames, "frames": args.frames}
+    else:
+        make_shards(work / "in", args.clips, args.shards, args.size)
+        clip, window = {"frames": args.frames}, {}
     evaluate = {}
     if args.evaluate:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -78,7 +90,9 @@ def main() -> None:
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
     cpus = ray.cluster_resources().get("CPU", 1)
     print(
-        f"# {args.clips} clips x {args.variants} variants, {args.frames} frames at {args.size}x{args.size}, "
+        f"# {args.clips} clips x {args.variants} variants, {args.frames} frames at {args.size}x{args.size}"
+        + (f" ({args.long} of them {args.long_frames} frames, in windows of {args.frames})" if args.long else "")
+        + ", "
         f"{args.inversion_steps} inversion / {args.steps} sampling steps; {args.device}; Ray with {cpus:g} CPUs"
     )
     header = " | ".join(f"{s} s/clip" for s in STAGES)
@@ -88,7 +102,7 @@ def main() -> None:
         share = max(0.1, cpus / (2 * workers + 2))
         job = build_job({
             "input": str(work / "in" / "*.tar"), "output": str(work / f"out-{workers}"), "model": args.model,
-            "device": args.device, "clip": {"frames": args.frames, "width": args.size, "height": args.size},
+            "device": args.device, "clip": {**clip, "width": args.size, "height": args.size}, "window": window,
             "inversion": {"steps": args.inversion_steps}, "edit": {"steps": args.steps, "prompt": "{caption}"},
             "variants": [{"name": f"v{i}", "seed": i} for i in range(args.variants)],
             "pools": {

@@ -295,11 +295,11 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
     from anyv2v_batch.operators.scorer_pool import ScorerPool
     from anyv2v_batch.operators.write import write_part
 
-    def actors(ds, cls, name: str, **kwargs):
+    def actors(ds, cls, name: str, in_flight: int | None = None, **kwargs):
         pool = pools[name]
         return ds.map_batches(
             cls,
-            compute=ActorPoolStrategy(size=pool.size),
+            compute=ActorPoolStrategy(size=pool.size, max_tasks_in_flight_per_actor=in_flight),
             batch_size=pool.batch_size,
             num_gpus=pool.num_gpus,
             num_cpus=pool.num_cpus,
@@ -313,12 +313,15 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
     if mode == "edit":
         ds = actors(ds, EditorPool, "editor")
         ds = actors(ds, InversionPool, "inversion")
-        if may_window(job):  # a long clip's windows, inverted as separate rows, joined again
+        windows = may_window(job)
+        if windows:  # a long clip's windows, inverted as separate rows, joined again
             ds = ds.map_batches(
                 WindowGather, compute=ActorPoolStrategy(size=1), batch_size=1, num_cpus=0,
                 fn_constructor_kwargs={"num_cpus": 1},
             )  # fmt: skip
-        ds = actors(ds, SamplerPool, "sampler")
+        # a chain holds its sampler for all its windows: then no clip may queue behind it on that actor
+        # (Ray Data's default queues several tasks per actor); each goes to the first actor that is free
+        ds = actors(ds, SamplerPool, "sampler", in_flight=1 if windows else None)
         if job.evaluate.enabled:
             ds = actors(ds, ScorerPool, "scorer")
         ds = ds.flat_map(encode_pairs, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
