@@ -5,6 +5,7 @@ chain is not resumed mid-way, its stored window inversions are reused)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from anyv2v_batch.cli import main
 from anyv2v_batch.operators.actor_base import FAULT_POINTS
 from anyv2v_batch.operators.work import derive_seed
 from anyv2v_batch.pnp_edit import prepare_first_frame
+from anyv2v_batch.scores import Scorer
 from anyv2v_batch.video_io import encode_mp4, read_video
 from anyv2v_batch.windows import plan_windows, window_seed
 
@@ -35,7 +37,7 @@ LENGTHS = {"long": 40, "short": 12}
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, tiny_clip):
     root = tmp_path_factory.mktemp("long-job")
     clips = {key: moving_clip(n, 32, 32, seed=n) for key, n in LENGTHS.items()}
     members = []
@@ -53,8 +55,9 @@ def inputs(tmp_path_factory):
         "inversion": {"steps": 5},
         "edit": {"steps": 5},
         "share_source": False,
+        "evaluate": {"mode": "score", "model": str(tiny_clip)},
         "variants": [{"name": "red", "prompt": "a red car"}],
-        "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+        "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "scorer", "encode")},
     }
     (root / "job.yaml").write_text(yaml.safe_dump(job))
     return root, clips
@@ -115,7 +118,7 @@ def _expected_outputs(root: Path, clips: dict[str, np.ndarray], tiny_backbone) -
     return out
 
 
-def test_a_long_clip_beside_a_short_one_killed_mid_chain_and_rerun(ray_local, inputs, tiny_backbone):
+def test_a_long_clip_beside_a_short_one_killed_mid_chain_and_rerun(ray_local, inputs, tiny_backbone, tiny_clip):
     root, clips = inputs
     job = root / "job.yaml"
 
@@ -166,3 +169,17 @@ def test_a_long_clip_beside_a_short_one_killed_mid_chain_and_rerun(ray_local, in
     for key in LENGTHS:
         assert len(expected[key]) == LENGTHS[key]
         assert written[f"{key}.red.mp4"] == encode_mp4(expected[key], 8), key  # the same frames, bit for bit
+
+    # scored as written, the whole clip against the whole source; the edit hold of each window too
+    scorer = Scorer(str(tiny_clip), device="cpu")
+    source = read_video(root / "long-source.mp4", 40, 8, 32, 32).frames
+    output = read_video(io.BytesIO(written["long.red.mp4"]), 40, 8, 32, 32).frames
+    edited = prepare_first_frame(recolor(clips["long"][0]), 32, 32)
+    windows = [[(0, 16), (15, 31), (24, 40)]]
+    scores = scorer.score_many([(output, source, edited, "a red car")], windows)[0]
+    assert long["score_error"] == "" and long["score_edit_hold"] == pytest.approx(scores["score_edit_hold"], abs=1e-6)
+    assert long["window_edit_hold"] == pytest.approx(scores["window_edit_hold"], abs=1e-6)
+    for (a, b), hold in zip(windows[0], scores["window_edit_hold"], strict=True):  # a window's own edit hold
+        alone = scorer.score(output[a:b], source[a:b], edited, "a red car")["score_edit_hold"]
+        assert hold == pytest.approx(alone, abs=1e-6)
+    assert short["window_edit_hold"] == [] and short["score_edit_hold"] is not None

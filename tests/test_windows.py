@@ -189,3 +189,44 @@ def test_decoding_a_long_source_holds_one_window_at_a_time(tmp_path):
     assert result["errors"] == [""] * 14 and result["seconds"] == 25.0
     print(f"decode peak rise {result['rise'] / 2**20:.0f} MiB; the whole source {whole / 2**20:.0f} MiB")
     assert result["rise"] < whole / 4
+
+
+def test_window_settings_a_backbone_cannot_run_are_refused_before_work(tmp_path, capsys):
+    from conftest import TINY_MODEL
+    from test_cli import run_cli
+
+    out = tmp_path / "out"
+    base = ["run", "--input", tmp_path / "none.tar", "--output", out, "--model", TINY_MODEL, "--frames", "all"]
+    code, err = run_cli([*base, "--window-overlap", "16"], capsys)
+    assert code == 1 and "--window-overlap 16 must be below the window length 16" in err and not out.exists()
+    code, err = run_cli([*base, "--window-frames", "32", "--window-max-frames", "20"], capsys)
+    assert code == 1 and "--window-frames 32 is longer than --window-max-frames 20" in err and not out.exists()
+    code, err = run_cli([*base[:-1], "twenty"], capsys)
+    assert code == 1 and "--frames must be an integer >= 2 or 'all', got 'twenty'" in err and not out.exists()
+    code, err = run_cli([*base, "--too-long", "cut"], capsys)
+    assert code == 1 and "clip.too_long must be one of error, truncate" in err and not out.exists()
+
+
+def test_a_source_over_the_cap_is_an_error_row_naming_it():
+    from anyv2v_batch.job import EditorSpec
+    from anyv2v_batch.operators.decode import decode_clip
+    from anyv2v_batch.operators.work import ClipWork, VariantWork
+    from anyv2v_batch.settings import EditSettings, InversionSettings
+
+    data = encode_mp4(moving_clip(40, 32, 32), 8)
+
+    def decoded(**clip):
+        work = ClipWork(
+            shard="s", shard_id="s", key="k", meta={}, files={}, video=data, video_ext="mp4",
+            clip=ClipSettings(fps=8, width=32, height=32, **clip), inversion_settings=InversionSettings(),
+            variants=[VariantWork("v", EditSettings(), EditorSpec())], window_settings=WindowSettings(max_frames=16),
+        )  # fmt: skip
+        return [r["work"] for r in decode_clip({"work": work})]
+
+    [capped] = decoded(frames="all", max_frames=30)
+    assert "more than clip.max_frames 30" in capped.error and capped.frames is None
+    cut = decoded(frames="all", max_frames=30, too_long="truncate")
+    assert [(w.window.start, w.error, w.truncated, w.total) for w in cut] == [(0, "", True, 30), (14, "", True, 30)]
+    assert cut[1].source["seconds"] == 5.0
+    [whole] = decoded(frames=16)
+    assert whole.window is None and whole.frames.shape == (16, 32, 32, 3) and whole.plan == (Window(0, 0, 16, 0),)
