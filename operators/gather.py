@@ -60,5 +60,5 @@ def join_windows(parts: list[ClipWork]) -> ClipWork:
     work.source["frames_sha256"] = hashlib.sha256(shas.encode()).hexdigest()  # of the windows' hashes
     for stage in ("decode", "inversion"):
         work.seconds[stage] = sum(p.seconds.get(stage, 0.0) for p in parts)
-    work.window, work.inversion = None, None
+    work.window, work.inversion, work.stored_inversion = None, None, None
     return work

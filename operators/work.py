@@ -97,10 +97,11 @@ class ClipWork:
 
     def for_window(self, window: Window) -> ClipWork:
         """The row of one window: its own variants' copies (the editor and sampler use window 1's)."""
-        variants = self.variants if window.index == 0 else [dataclasses.replace(v) for v in self.variants]
+        first = window.index == 0
+        variants = self.variants if first else [dataclasses.replace(v) for v in self.variants]
         return dataclasses.replace(
             self, window=window, variants=variants, frames=None, video=None, seconds=dict(self.seconds),
-            source=dict(self.source), stored_entries={}, stored_ids=frozenset(),
+            source=dict(self.source), stored_entries={}, stored_ids=frozenset(), files=self.files if first else {},
         )  # fmt: skip
 
 

@@ -118,6 +118,8 @@ class JobProgress:
                 self.filtered += 1
             else:
                 self.ok += 1
+            # `invert` counts a clip once before work, and each window of a long clip once it is planned
+            self.total = max(self.total, self.done)
             seconds = json.loads(row["seconds"]) if isinstance(row["seconds"], str) else row["seconds"]
             for pool in self.busy:
                 if pool != "inversion":
