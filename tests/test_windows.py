@@ -230,3 +230,41 @@ def test_a_source_over_the_cap_is_an_error_row_naming_it():
     assert cut[1].source["seconds"] == 5.0
     [whole] = decoded(frames=16)
     assert whole.window is None and whole.frames.shape == (16, 32, 32, 3) and whole.plan == (Window(0, 0, 16, 0),)
+
+
+def test_gather_joins_a_clips_windows_once_all_have_come_and_passes_others_through():
+    from anyv2v_batch.job import EditorSpec
+    from anyv2v_batch.operators.gather import WindowGather
+    from anyv2v_batch.operators.work import ClipWork, VariantWork
+    from anyv2v_batch.settings import EditSettings, InversionSettings
+
+    plan = plan_windows(40, 16, 1, 16)
+
+    def clip(key: str, windowed: bool = True) -> list[ClipWork]:
+        work = ClipWork(
+            shard="s", shard_id="s", key=key, meta={}, files={}, video=None, video_ext="mp4",
+            clip=ClipSettings(frames="all"), inversion_settings=InversionSettings(),
+            variants=[VariantWork("v", EditSettings(), EditorSpec())], total=40 if windowed else 16,
+            plan=plan if windowed else plan_windows(16, 16, 1, 16),
+        )  # fmt: skip
+        if not windowed:
+            return [work]
+        parts = [work.for_window(w) for w in plan]
+        for p in parts:
+            p.frames = np.full((16, 2, 2, 3), p.window.index, np.uint8)
+            p.inversion, p.inversion_source = f"inversion {p.window.index}", "computed"
+        return parts
+
+    a, b, short = clip("a"), clip("b"), clip("short", windowed=False)
+    b[1].error = "cannot decode 'b.mp4'"
+    gather = WindowGather()
+    assert gather({"work": [a[2], b[0], short[0]]})["work"] == short  # the one-window clip passes at once
+    assert gather({"work": [a[0], b[2]]})["work"] == []
+    [joined_a] = gather({"work": [a[1]]})["work"]
+    [joined_b] = gather({"work": [b[1]]})["work"]
+    assert gather.waiting == {}
+    assert joined_a.window is None and joined_a.variants is a[0].variants  # window 1's (edited first frames)
+    assert joined_a.windows == ["inversion 0", "inversion 1", "inversion 2"] and joined_a.error == ""
+    # the source frames each window adds, in order: 16 of window 1, 15 of window 2, 9 of window 3
+    assert [int(f[0, 0, 0]) for f in joined_a.frames] == [0] * 16 + [1] * 15 + [2] * 9
+    assert joined_b.error == "window 2 (frames 15-30): cannot decode 'b.mp4'" and joined_b.windows == []
