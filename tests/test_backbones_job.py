@@ -130,7 +130,7 @@ def test_backbone_limits_fail_the_job_before_any_work(tmp_path):
     assert code == 1
     assert said[-1] == (
         "error: variant 'consist': consisti2v runs exactly 8 frames (its UNet was trained with n_frames 8), "
-        "got --frames 6; use --frames 8"
+        "got --frames 6; use --frames 8 or more (a longer clip runs in windows of 8), or --frames all"
     )
     assert not (tmp_path / "out").exists()
 
