@@ -111,3 +111,34 @@ def test_statistics_matching_leaves_window_1_and_pulls_later_windows_to_it(case)
     unmatched_gap = result.stats[1][0] - reference_mean
     assert torch.allclose(half.stats[1][0] - reference_mean, unmatched_gap / 2, atol=1e-5)
     assert chain(WindowSettings(match_stats=0.0)).frames.tobytes() == result.frames.tobytes()  # off: identical
+
+
+@pytest.mark.parametrize("name", ["consisti2v", "seine"])
+def test_every_backbone_chains_its_windows_exactly(name):
+    """ConsistI2V (frame 0 a condition, exactly n_frames per window) and SEINE (DDPM: fresh noise from each
+    window's seed): window 2 is the one-clip edit of its sub-clip from window 1's output."""
+    from test_backbones_job import CONSISTI2V, SEINE
+
+    from anyv2v_batch.backbones import backbone_class, load_backbone
+    from anyv2v_batch.settings import backbone_defaults
+    from anyv2v_batch.windows import plan_for, resolve_limits
+
+    model, size, inversion = {
+        "consisti2v": (CONSISTI2V, 32, InversionSettings(steps=5)),
+        "seine": (SEINE, 64, InversionSettings(steps=10, save_steps=5)),
+    }[name]
+    backbone = load_backbone(name, str(model), device="cpu", dtype="float32")
+    window = WindowSettings(frames=8, max_frames=8)
+    plan = plan_for(15, resolve_limits(backbone_class(name).window_limits(str(model)), window, name), window)
+    assert [(w.start, w.frames) for w in plan] == [(0, 8), (7, 8)]
+    frames = moving_clip(15, size, size, seed=5)
+    settings = dataclasses.replace(backbone_defaults(name)["edit"], prompt="a red car", steps=5, seed=7)
+    inversions = {w.start: invert(backbone, frames[w.start : w.end], inversion, fps=8) for w in plan}
+    [result] = edit_chains(
+        backbone, plan, lambda w: inversions[w.start], [ChainRequest(frames[0][..., ::-1].copy(), settings)], window
+    )
+    assert result.frames.shape == (15, size, size, 3)
+    second = dataclasses.replace(settings, seed=window_seed(7, 1))
+    expected = edit(backbone, inversions[7], result.windows[0][7], second).frames
+    assert np.array_equal(result.windows[1], expected)
+    assert np.array_equal(result.frames[8:15], expected[1:])
