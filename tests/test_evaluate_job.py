@@ -49,8 +49,8 @@ def job_yaml(root: Path, out: str, tiny_clip: Path, evaluate: dict | None = None
         "model": str(TINY_MODEL),
         "device": "cpu",
         "clip": CLIP,
-        "inversion": {"steps": 5},
-        "edit": {"steps": 5},
+        "inversion": {"steps": 2},  # the scores and routing do not depend on the steps: the fewest that run a loop
+        "edit": {"steps": 2},
         "variants": VARIANTS,
         "evaluate": {"model": str(tiny_clip), **(evaluate or {})},
     }
