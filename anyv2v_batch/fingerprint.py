@@ -50,6 +50,8 @@ def variant_fields(job: JobSpec, variant: VariantSpec, model: str, weights: str)
     sections = (("clip", variant.clip), ("inversion", variant.inversion), ("edit", edit), ("window", variant.window))
     for section, settings in sections:
         values = settings if isinstance(settings, dict) else recorded_fields(settings)
+        if not values and section == "window":
+            continue  # all defaults: fingerprints of outputs made before windows existed stay valid
         for k in sorted(values):
             flat(f"{section}.{k}", values[k], fields)
     return fields

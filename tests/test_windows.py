@@ -268,3 +268,22 @@ def test_gather_joins_a_clips_windows_once_all_have_come_and_passes_others_throu
     # the source frames each window adds, in order: 16 of window 1, 15 of window 2, 9 of window 3
     assert [int(f[0, 0, 0]) for f in joined_a.frames] == [0] * 16 + [1] * 15 + [2] * 9
     assert joined_b.error == "window 2 (frames 15-30): cannot decode 'b.mp4'" and joined_b.windows == []
+
+
+def test_outputs_and_inversions_made_before_windows_existed_stay_valid():
+    """A job at the defaults has the fingerprint and inversion id it had before `clip.max_frames`,
+    `clip.too_long` and `window:` existed (values computed with that version, commit b32dec8)."""
+    from anyv2v_batch.fingerprint import fingerprint, variant_fields
+    from anyv2v_batch.job import build_job
+    from anyv2v_batch.operators.work import inversion_id
+
+    raw = {"input": "x.tar", "output": "out", "clip": {"frames": 8, "width": 32, "height": 32},
+           "variants": [{"name": "a", "prompt": "{caption}"}]}  # fmt: skip
+    job = build_job(raw)
+    v = job.variants[0]
+    assert fingerprint(variant_fields(job, v, "ali-vilab/i2vgen-xl", "w123")) == "5e03529aac933a10"
+    assert inversion_id("i2vgen-xl", None, v.clip, v.inversion, "w123") == "inv-5ce251e8e58b01ad"
+    windowed = build_job({**raw, "window": {"overlap": 2}})
+    assert (
+        fingerprint(variant_fields(windowed, windowed.variants[0], "ali-vilab/i2vgen-xl", "w123")) != "5e03529aac933a10"
+    )
