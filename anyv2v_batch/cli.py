@@ -70,7 +70,10 @@ def edit(
     first_frame: Annotated[
         Path | None, typer.Option("--first-frame", help="The edited first frame (for --editor provided).")
     ] = None,
-    editor: Annotated[str, typer.Option(help="First-frame editor (see `anyv2v-batch editors`).")] = "provided",
+    editor: Annotated[
+        str | None, typer.Option(help="First-frame editor (see `anyv2v-batch editors`) [default: provided].")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
     edit_prompt: Annotated[str, typer.Option(help="Instruction for the first-frame editor.")] = "",
     editor_option: Annotated[
         list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")
@@ -88,9 +91,13 @@ def edit(
     guidance_scale: Annotated[
         float | None, typer.Option(help="Classifier-free guidance [default: i2vgen-xl 9, consisti2v 35, seine 4].")
     ] = None,
-    pnp_conv: Annotated[float, typer.Option(help="Fraction of steps injecting conv features.")] = 0.2,
-    pnp_spatial: Annotated[float, typer.Option(help="Fraction of steps injecting spatial attention Q/K.")] = 0.2,
-    pnp_temporal: Annotated[float, typer.Option(help="Fraction of steps injecting temporal attention Q/K.")] = 0.5,
+    pnp_conv: Annotated[float | None, typer.Option(help="Fraction of steps injecting conv features [0.2].")] = None,
+    pnp_spatial: Annotated[
+        float | None, typer.Option(help="Fraction of steps injecting spatial attention Q/K [0.2].")
+    ] = None,
+    pnp_temporal: Annotated[
+        float | None, typer.Option(help="Fraction of steps injecting temporal attention Q/K [0.5].")
+    ] = None,
     pnp_cross: Annotated[float, typer.Option(help="Fraction of steps injecting cross-attention Q/K (seine).")] = 0.0,
     init_step: Annotated[
         int | None, typer.Option(help="Index of the first sampling step [default: consisti2v 4, else 0].")
@@ -137,7 +144,14 @@ def edit(
     from .backbones import backbone_class
 
     backbone_cls = backbone_class(backbone)
-    defaults = backbone_defaults(backbone)  # flags left out take the backbone's official values
+    defaults = backbone_defaults(backbone)  # flags left out take the preset's, else the backbone's official values
+    if preset:
+        from .presets import task_preset
+
+        chosen = task_preset(preset, backbone, where="--preset")
+        defaults["edit"] = dataclasses.replace(defaults["edit"], **chosen.edit)
+        editor = editor or chosen.editor
+    editor = editor or "provided"
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     clip_settings = dataclasses.replace(
         defaults["clip"], frames=_frames(frames), fps=fps, resize=resize, max_frames=max_frames, too_long=too_long,
@@ -155,14 +169,12 @@ def edit(
         defaults["edit"],
         prompt=prompt,
         steps=steps,
-        pnp_conv=pnp_conv,
-        pnp_spatial=pnp_spatial,
-        pnp_temporal=pnp_temporal,
         pnp_cross=pnp_cross,
         seed=seed,
         injection_window=injection_window,
         fix_source_frame=fix_source_frame,
         **given(negative_prompt=negative_prompt, guidance_scale=guidance_scale, init_step=init_step),
+        **given(pnp_conv=pnp_conv, pnp_spatial=pnp_spatial, pnp_temporal=pnp_temporal),
     ).validate()
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
@@ -328,6 +340,20 @@ def editors() -> None:
             typer.echo(f"    {option}: {text}")
 
 
+@app.command()
+def presets() -> None:
+    """List AnyV2V's task presets: the official propagation settings for a kind of edit."""
+    from .presets import OFFICIAL_CONFIG, TASK_PRESETS
+
+    typer.echo(f"from {OFFICIAL_CONFIG}; explicit settings win over a preset")
+    for p in TASK_PRESETS.values():
+        values = ", ".join(f"{k} {v:g}" for k, v in p.edit.items())
+        typer.echo(f"{p.name} ({p.task_name}, {'/'.join(p.backbones)}): {p.description}")
+        typer.echo(f"    editor {p.editor}; {values}  [{p.source}]")
+        if p.alternatives:
+            typer.echo(f"    other official clips (conv/spatial/temporal): {'; '.join(p.alternatives)}")
+
+
 @app.command("convert-seine")
 def convert_seine_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="The folder to write (SD-1.4 layout, safetensors).")],
@@ -405,6 +431,10 @@ def report(
     _say(quiet, summary.line())
 
 
+PRESET_HELP = (
+    "AnyV2V task preset: the official propagation settings (and editor) for subject-driven or identity edits; "
+    "see `anyv2v-batch presets`. Flags given win."
+)
 FRAMES_HELP = "Frames per clip from its start, or 'all': every frame of the source at --fps (up to --max-frames)."
 MAX_FRAMES_HELP = "--frames all: the most frames a clip may have."
 TOO_LONG_HELP = "--frames all, a source over --max-frames: error, or truncate (edit its first --max-frames)."
@@ -438,7 +468,7 @@ RUN_FLAGS = {
     "fix_source_frame": "edit.fix_source_frame", "redo_changed": "redo_changed",
     "evaluate_model": "evaluate.model", "max_frames": "clip.max_frames", "too_long": "clip.too_long",
     "window_frames": "window.frames", "window_overlap": "window.overlap", "window_max_frames": "window.max_frames",
-    "window_match_stats": "window.match_stats", "window_blend": "window.blend",
+    "window_match_stats": "window.match_stats", "window_blend": "window.blend", "preset": "preset",
 }  # fmt: skip
 PROGRESS_EVERY_HELP = (
     "Without a terminal, log the progress line every SECONDS (a terminal's is redrawn in place). "
@@ -454,6 +484,7 @@ def run(
     input: Annotated[list[str] | None, typer.Option("--input", help="Shard path / URL / pattern (repeatable).")] = None,
     output: Annotated[str | None, typer.Option(help="Output folder or URL.")] = None,
     editor: Annotated[str | None, typer.Option(help="First-frame editor (e.g. provided).")] = None,
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
     edit_prompt: Annotated[str | None, typer.Option(help="Instruction for the first-frame editor.")] = None,
     editor_option: Annotated[
         list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")

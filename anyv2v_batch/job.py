@@ -9,6 +9,7 @@ happens here, before any work, and every problem is one line naming the field:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -20,6 +21,7 @@ import yaml
 
 from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.evaluation import EvaluateSettings, parse_thresholds
+from anyv2v_batch.presets import TASK_PRESETS, task_preset
 from anyv2v_batch.settings import (
     ClipSettings,
     EditSettings,
@@ -126,10 +128,11 @@ class JobSpec:
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
     "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
-    "inversions", "store_all_timesteps", "redo_changed", "limits", "evaluate", "window",
+    "inversions", "store_all_timesteps", "redo_changed", "limits", "evaluate", "window", "preset",
 }  # fmt: skip
 VARIANT_KEYS = {
     "name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed", "backbone", "model", "window",
+    "preset",
 }  # fmt: skip
 
 
@@ -193,6 +196,21 @@ def _settings(where: str, path: str, cls: type, base: Any, raw: Any) -> Any:
         return settings.validate()
     except SettingError as e:
         raise _fail(where, "", e.for_field(f"{path}.{e.field}")) from None
+
+
+def _with_preset(where: str, path: str, name: str, backbone: str, edit: EditSettings) -> EditSettings:
+    """`edit` with the task preset's settings (presets.py); an unknown or inapplicable preset is refused."""
+    try:
+        preset = task_preset(name, backbone, where=f"{where}: {path}")
+    except AnyV2VError as e:
+        raise JobError(str(e)) from None
+    return dataclasses.replace(edit, **preset.edit)
+
+
+def _preset_editor(name: str) -> EditorSpec:
+    """The editor a task preset implies, where the job names none (an unknown preset fails in _with_preset)."""
+    preset = TASK_PRESETS.get(name)
+    return EditorSpec(name=preset.editor) if preset else EditorSpec()
 
 
 def _editor(where: str, path: str, raw: Any, base: EditorSpec) -> EditorSpec:
@@ -298,7 +316,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
 
     mode "invert": the job writes only its `inversions` store, so that is required and `output` is not.
     mode "score": the job scores its existing `output`; `input` and `variants` play no part."""
-    raw = dict(_mapping(where, "", raw))
+    raw = copy.deepcopy(dict(_mapping(where, "", raw)))  # overrides are set into it; the caller's stays as it was
     overrides = overrides or {}
     if isinstance(raw.get("editor"), str):
         raw["editor"] = {"name": raw["editor"]}
@@ -332,19 +350,22 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
     base_seed = _coerce(where, "seed", raw.get("seed", 8888), 0)
     job_backbone = backbone_name("backbone", raw.get("backbone", "i2vgen-xl"))
     job_model = _coerce(where, "model", raw["model"], "") if raw.get("model") is not None else None
+    job_preset = _coerce(where, "preset", raw["preset"], "") if raw.get("preset") else ""
     base_cache: dict[str, dict[str, Any]] = {}
 
     def base_for(backbone: str) -> dict[str, Any]:
-        """The job's top-level sections over `backbone`'s official defaults."""
+        """The job's top-level sections over its preset over `backbone`'s official defaults."""
         if backbone not in base_cache:
             defaults = backbone_defaults(backbone)
+            if job_preset:
+                defaults["edit"] = _with_preset(where, "preset", job_preset, backbone, defaults["edit"])
             base_cache[backbone] = {
                 name: _settings(where, name, cls, defaults[name], raw.get(name)) for name, cls in SECTIONS.items()
             }
         return base_cache[backbone]
 
     base_for(job_backbone)  # the top-level sections are checked even if every variant names a backbone
-    base_editor = _editor(where, "editor", raw.get("editor"), EditorSpec())
+    base_editor = _editor(where, "editor", raw.get("editor"), _preset_editor(job_preset))
     base_edit_prompt = _coerce(where, "edit_prompt", raw.get("edit_prompt", ""), "")
 
     raw_variants = raw.get("variants")
@@ -353,7 +374,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
     if not isinstance(raw_variants, list) or not raw_variants:
         raise _fail(where, "variants", "must be a non-empty list")
     # a command-line override of a section field or the editor beats what a variant says
-    per_variant = (*SECTIONS, "editor", "edit_prompt", "backbone", "model")
+    per_variant = (*SECTIONS, "editor", "edit_prompt", "backbone", "model", "preset")
     section_overrides = {k: v for k, v in overrides.items() if k.split(".")[0] in per_variant}
 
     variants = []
@@ -381,6 +402,14 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         else:  # the job's model is for the job's backbone; another backbone loads its official weights
             model = job_model if backbone == job_backbone else None
         base = base_for(backbone)
+        editor_base = base_editor
+        if rv.get("preset") is not None and rv["preset"] != job_preset:
+            # the variant's own preset: over the job's sections, under the variant's own fields
+            preset = _coerce(where, f"{path}.preset", rv["preset"], "")
+            if preset:
+                base = {**base, "edit": _with_preset(where, f"{path}.preset", preset, backbone, base["edit"])}
+            if "editor" not in raw:  # an editor the job names explicitly beats the preset's
+                editor_base = _preset_editor(preset)
         sections = {s: _settings(where, f"{path}.{s}", cls, base[s], rv.get(s)) for s, cls in SECTIONS.items()}
         _template(where, f"{path}.edit.prompt", sections["edit"].prompt)
         variants.append(
@@ -389,7 +418,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
                 clip=sections["clip"],
                 inversion=sections["inversion"],
                 edit=sections["edit"],
-                editor=_editor(where, f"{path}.editor", rv.get("editor"), base_editor),
+                editor=_editor(where, f"{path}.editor", rv.get("editor"), editor_base),
                 edit_prompt=_template(
                     where,
                     f"{path}.edit_prompt",
