@@ -232,7 +232,7 @@ def _subdict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
 
 
 def _check_schedule(state: dict[str, torch.Tensor], ldm: dict[str, Any]) -> dict[str, Any]:
-    from .editors.anydoor_model import ldm_alphas_cumprod
+    from .editors.anydoor_ddim import ldm_alphas_cumprod
 
     params = ldm["model"]["params"]
     scheduler = {
@@ -264,6 +264,9 @@ def convert_state_dict(
     from transformers import Dinov2Config, Dinov2Model
 
     ldm = ldm or ANYDOOR_CONFIG
+    # the official config builds DINOv2 in code (ViT-g/14); a config may name the heads of another size
+    dino_params = ldm["model"]["params"].get("cond_stage_config", {}).get("params") or {}
+    dino_heads = dino_heads or dino_params.get("num_heads")
     prefixes = (UNET_PREFIX, CONTROL_PREFIX, VAE_PREFIX, DINO_PREFIX, PROJECTOR_PREFIX)
     stray = [k for k in state if not k.startswith(prefixes) and k not in SCHEDULE_BUFFERS]
     if stray:

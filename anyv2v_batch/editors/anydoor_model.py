@@ -10,9 +10,9 @@ projected 1536 -> 1024). Where it differs from the stock classes:
 - Its ControlNet replaces the first block's output by the hint embedding, where diffusers' ControlNet
   adds `conv_in(sample)`: a converted `ControlNetModel` has `conv_in` zeroed (convert_anydoor.py).
 - Its DDIM runs on ldm's timesteps `range(0, 1000, 1000 // S) + 1`: 31 steps for S = 30, which
-  diffusers' DDIMScheduler cannot produce; `AnyDoorModel.sample` is that loop, with ldm's float64
-  schedule cast to float32 as the official code does, eta 0 and classifier-free guidance
-  `u + s (c - u)` with the unconditional tokens of an all-zero reference image.
+  diffusers' DDIMScheduler cannot produce; `AnyDoorModel.sample` is that loop (anydoor_ddim.py) with
+  classifier-free guidance `u + s (c - u)`, the unconditional tokens those of an all-zero reference
+  image and the same hint on both branches.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import Dinov2Model
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
+
+from .anydoor_ddim import LdmDDIM, ldm_alphas_cumprod
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,19 +81,6 @@ class AnyDoorImageEncoder(nn.Module):
         # AnyDoor concatenates x_norm_clstoken and x_norm_patchtokens: the whole normed last hidden state
         tokens = self.dino(pixel_values=pixels.to(self.dino.dtype)).last_hidden_state
         return self.projector(tokens.to(self.projector.weight.dtype))
-
-
-def ldm_alphas_cumprod(beta_start: float, beta_end: float, num_train_timesteps: int) -> torch.Tensor:
-    """ldm's "linear" schedule in float64, its cumulative product cast to float32 (the model's buffer)."""
-    betas = (torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2).numpy()
-    return torch.tensor(np.cumprod(1.0 - betas, axis=0), dtype=torch.float32)
-
-
-def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """ldm's "uniform" DDIM steps, ascending: range(0, T, T // steps) + 1 (31 steps for 30 at T = 1000)."""
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"steps must be 1 ... {num_train_timesteps}, got {steps}")
-    return np.asarray(list(range(0, num_train_timesteps, num_train_timesteps // steps))) + 1
 
 
 StepHook = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
@@ -182,31 +170,15 @@ class AnyDoorModel:
         on_step: StepHook | None = None,
     ) -> torch.Tensor:
         """AnyDoor's DDIM (ldm `DDIMSampler.sample`, eta 0) from x_T; on_step(i, t, x_in, eps_c, eps_u)."""
-        timesteps = ddim_timesteps(steps, self.scheduler["num_train_timesteps"])
-        alphas = self.alphas_cumprod[timesteps]  # float32, as the official buffers
-        alphas_prev = np.asarray([self.alphas_cumprod[0].item(), *self.alphas_cumprod[timesteps[:-1]].tolist()])
-        sqrt_one_minus = torch.sqrt(1.0 - alphas)
+        ddim = LdmDDIM(self.alphas_cumprod, steps)
         x = x_T.to(self.device, torch.float32)
-        total = len(timesteps)
-        for i, t in enumerate(np.flip(timesteps)):
-            index = total - i - 1
-            eps_cond = self.eps(x, int(t), hint, cond, control_strength)
-            eps_uncond = None
-            if guidance_scale == 1.0:  # the official sampler then runs the conditional branch only
-                e_t = eps_cond
-            else:
-                eps_uncond = self.eps(x, int(t), hint, uncond, control_strength)
-                e_t = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        for i, t in enumerate(ddim.timesteps):
+            eps_cond = self.eps(x, t, hint, cond, control_strength)
+            # at scale 1 the official sampler runs the conditional branch only
+            eps_uncond = None if guidance_scale == 1.0 else self.eps(x, t, hint, uncond, control_strength)
             if on_step is not None:
-                on_step(i, int(t), x, eps_cond, eps_uncond)
-
-            a_t, a_prev, sigma_t, sqrt_1m_a_t = (
-                torch.full((x.shape[0], 1, 1, 1), float(v), device=x.device)
-                for v in (alphas[index], alphas_prev[index], 0.0, sqrt_one_minus[index])
-            )
-            pred_x0 = (x - sqrt_1m_a_t * e_t) / a_t.sqrt()
-            dir_xt = (1.0 - a_prev - sigma_t**2).sqrt() * e_t
-            x = a_prev.sqrt() * pred_x0 + dir_xt
+                on_step(i, t, x, eps_cond, eps_uncond)
+            x = ddim.step(i, x, ddim.guide(eps_cond, eps_uncond, guidance_scale))
         return x
 
     @torch.no_grad()
