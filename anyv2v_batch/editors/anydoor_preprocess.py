@@ -11,7 +11,7 @@ inside the mask (inclusive), and the official code then slices with it as an exc
 The official code draws three numbers from NumPy's global generator, in this order: the subject's
 padding ratio (1.1 ... 1.4), the target box ratio (always 1.1, from `randint(11, 12)`), the crop ratio
 (1.3 ... 2.9). We draw them from `np.random.RandomState(seed)` with the same calls, so a recording made
-after `np.random.seed(seed)` replays.
+after `np.random.seed(seed)` replays (seeds of 32 bits or more: see `RandomDraws.from_seed`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class RandomDraws:
 
     @classmethod
     def from_seed(cls, seed: int) -> RandomDraws:
-        rng = np.random.RandomState(seed)
+        # a 32-bit seed seeds as np.random.seed(seed) does (so recordings replay); a job's 63-bit
+        # per-sample seed goes in whole, as two 32-bit words
+        rng = np.random.RandomState(seed if 0 <= seed < 2**32 else [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF])
         subject_pad = rng.randint(11, 15) / 10
         # `expand_bbox` draws randint(ratio[0] * 10, ratio[1] * 10): the same float bounds, the same draws
         target_box = rng.randint(1.1 * 10, 1.2 * 10) / 10
