@@ -263,6 +263,7 @@ def _editor_options(
         raise AnyV2VError(f"--first-frame is for --editor provided; {editor!r} makes the edited frame itself")
     if edit_prompt:
         options["instruction"] = edit_prompt
+    editor_class(editor).check_options(options)  # malformed options fail before any model loads
     return options
 
 

@@ -85,7 +85,8 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - the weights-only unpickler fails in many ways on a foreign file
         raise AnyV2VError(
             f"{path} is not a checkpoint that loads safely (weights only): {type(e).__name__} {_first_line(e)}; "
-            "pass AnyDoor's epoch=1-step=8687.ckpt (or its state_dict as .safetensors)"
+            "pass AnyDoor's epoch=1-step=8687.ckpt, a copy holding only its state_dict (e.g. bdsqlsz/AnyDoor-Pruned), "
+            "or the state_dict as .safetensors"
         ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not any(str(k).startswith(UNET_PREFIX) for k in state):

@@ -62,6 +62,7 @@ class AnyDoorEditor(FirstFrameEditor):
         "subject": "path or URL of the subject image (else the sample's <key>.subject.png or metadata `subject`)",
         "subject_mask": "its mask (default: the subject's alpha channel, else <key>.subject_mask.png)",
         "target_box": "x1,y1,x2,y2 in the frame's pixels (else metadata `target_box` or <key>.target_mask.png)",
+        "target_mask": "path or URL of a target mask image, instead of target_box",
         "steps": "DDIM steps (default 30; ldm's schedule then runs 31)",
         "guidance_scale": "classifier-free guidance (default 4.5)",
         "control_strength": "scale of the ControlNet residuals (default 1.0)",
