@@ -38,6 +38,10 @@ CHECKPOINT = REFERENCE / "tiny-anydoor.safetensors"
 CONFIG = REFERENCE / "tiny-anydoor.yaml"
 CASES = sorted(p.name for p in REFERENCE.glob("case-*"))
 TOL = 1e-4
+# the recording is made on the anydoor-ref branch (tools/reference/anydoor/); without it nothing here can run
+pytestmark = pytest.mark.skipif(
+    not CHECKPOINT.is_file(), reason=f"{REFERENCE} is missing: merge the recorded AnyDoor fixtures (branch anydoor-ref)"
+)
 
 
 def max_rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -245,6 +249,36 @@ def editor_sample(case: Case, **files) -> SampleContext:
     folder = case.folder
     members = {"subject.png": (folder / "subject.png").read_bytes(), **files}
     return SampleContext("clip7", {"target_box": case.settings["target_box"]}, members, seed=case.settings["seed"])
+
+
+def test_editor_wires_the_recorded_stages(model, converted, case, monkeypatch):
+    """The editor's own edit(): seeded draws and starting noise, inputs, settings, decode and paste back.
+    The 31 / 50 network steps in between are the sampler test's; here the recorded final latent stands in."""
+    files = {name: (case.folder / name).read_bytes() for name in ("subject.png", "subject_mask.png", "target_mask.png")
+             if (case.folder / name).is_file()}  # fmt: skip
+    sample = SampleContext("case", {}, files, seed=case.settings["seed"])
+    seen = {}
+
+    def recorded_sampler(x_T, hint, cond, uncond, steps, guidance_scale, control_strength, on_step=None):
+        seen.update(x_T=x_T, hint=hint, cond=cond, uncond=uncond, settings=(steps, guidance_scale, control_strength))
+        return case.stages["latent"]
+
+    editor = editor_with(model, converted)
+    monkeypatch.setattr(model, "sample", recorded_sampler)
+    options = {"model": str(converted), "shape_control": case.settings.get("shape_control", False)}
+    for key in ("steps", "guidance_scale", "control_strength"):
+        if case.settings[key] != {"steps": 30, "guidance_scale": 4.5, "control_strength": 1.0}[key]:
+            options[key] = case.settings[key]  # the demo's settings are the defaults
+    frame = case.image("background.png")
+    out = editor.edit(frame, options, sample)
+    s = case.settings
+    assert seen["settings"] == (s["steps"], s["guidance_scale"], s["control_strength"])
+    assert torch.equal(seen["x_T"], case.stages["x_T"])  # torch.Generator("cpu").manual_seed(seed)
+    assert torch.equal(seen["hint"], case.stages["hint"])
+    assert max_rel(seen["cond"], case.stages["cond_tokens"]) < TOL
+    assert max_rel(seen["uncond"], case.stages["uncond_tokens"]) < TOL
+    assert out.shape == frame.shape
+    assert np.abs(out.astype(int) - case.stages["frame"].numpy().astype(int)).max() <= 1
 
 
 def test_missing_subject_mask_or_target_is_an_error(converted):
