@@ -275,6 +275,7 @@ def _editor_options(
         raise AnyV2VError(f"--first-frame is for --editor provided; {editor!r} makes the edited frame itself")
     if edit_prompt:
         options["instruction"] = edit_prompt
+    editor_class(editor).check_options(options)  # malformed options fail before any model loads
     return options
 
 
@@ -375,6 +376,33 @@ def convert_seine_command(
     quiet_libraries()
     written = convert_seine(checkpoint, sd_model, output, overwrite=overwrite)
     _say(quiet, f"wrote {written}: use --backbone seine --model {written}")
+
+
+@app.command("convert-anydoor")
+def convert_anydoor_command(
+    checkpoint: Annotated[
+        Path, typer.Option(help="AnyDoor's epoch=1-step=8687.ckpt (or its state_dict as .safetensors).")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The folder to write (safetensors, no pickle).")],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="The ldm YAML the checkpoint was trained with [default: AnyDoor's anydoor.yaml]."),
+    ] = None,
+    dino_heads: Annotated[
+        int | None, typer.Option(help="DINOv2 attention heads [default: 64 channels per head, ViT-g/14: 24].")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Write AnyDoor's weights once as safetensors: `--editor anydoor --editor-option model=OUTPUT` then."""
+    _DEBUG["on"] = debug
+    from .convert_anydoor import convert_anydoor
+    from .loading import quiet_libraries
+
+    quiet_libraries()
+    written = convert_anydoor(checkpoint, output, config=config, dino_heads=dino_heads, overwrite=overwrite)
+    _say(quiet, f"wrote {written}: use --editor anydoor --editor-option model={written}")
 
 
 @app.command()

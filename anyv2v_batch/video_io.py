@@ -278,9 +278,15 @@ MAX_IMAGE_PIXELS = 50_000_000
 
 
 def read_image(
-    source: str | os.PathLike | bytes | BinaryIO, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+    source: str | os.PathLike | bytes | BinaryIO,
+    name: str | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    mode: str = "RGB",
 ) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3]; refused from its header if over `max_pixels`."""
+    """An image file as RGB uint8 [H, W, 3]; refused from its header if over `max_pixels`.
+
+    mode: a PIL mode to convert to ("L": [H, W]), or "RGB+A": RGBA [H, W, 4] when the file carries
+    transparency (an alpha band or a transparent colour), RGB otherwise."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
     if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
         raise AnyV2VError(f"image {label!r} does not exist")
@@ -295,7 +301,9 @@ def read_image(
                     f"image {label!r} is {width}x{height} ({width * height} pixels), more than the limit of "
                     f"{max_pixels} (limits.max_image_pixels)"
                 )
-            return np.asarray(img.convert("RGB"))
+            if mode == "RGB+A":
+                mode = "RGBA" if "A" in img.getbands() or "transparency" in img.info else "RGB"
+            return np.asarray(img.convert(mode))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise AnyV2VError(f"cannot read image {label!r}: not a readable image ({_first_line(e)})") from None
 

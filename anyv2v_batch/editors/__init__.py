@@ -25,6 +25,7 @@ BUILTIN_EDITORS: dict[str, str] = {
     "instruct-pix2pix": "anyv2v_batch.editors.instruct_pix2pix:InstructPix2PixEditor",
     "style-transfer": "anyv2v_batch.editors.style_transfer:StyleTransferEditor",
     "diffusers": "anyv2v_batch.editors.diffusers_pipeline:DiffusersEditor",
+    "anydoor": "anyv2v_batch.editors.anydoor:AnyDoorEditor",
 }
 
 

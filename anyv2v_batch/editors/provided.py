@@ -34,7 +34,7 @@ ALLOWED_ROOTS_HELP = (
 )
 
 
-def read_image_url(url: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_image_url(url: str, max_pixels: int = MAX_IMAGE_PIXELS, mode: str = "RGB") -> np.ndarray:
     """An image from a local path or any fsspec URL (s3://, gs://, http://, ...), read in bounded size."""
     import fsspec
 
@@ -48,7 +48,7 @@ def read_image_url(url: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise AnyV2VError(f"cannot open the edited first frame {url!r}: {str(e).splitlines()[0][:160]}") from None
     if len(data) > limit:
         raise AnyV2VError(f"image {url!r} is over {limit} bytes, too big for limits.max_image_pixels ({max_pixels})")
-    return read_image(data, name=url, max_pixels=max_pixels)
+    return read_image(data, name=url, max_pixels=max_pixels, mode=mode)
 
 
 def _url_path(path: str) -> str:
@@ -102,8 +102,8 @@ def resolve_allowed(location: str, roots: list[str]) -> str | None:
     return None
 
 
-def read_metadata_image(field: str, options: dict[str, Any], sample: SampleContext) -> np.ndarray:
-    """The image a sample's metadata field names, if `allowed_roots` allows it."""
+def read_metadata_image(field: str, options: dict[str, Any], sample: SampleContext, mode: str = "RGB") -> np.ndarray:
+    """The image a sample's metadata field names, if `allowed_roots` allows it (`mode`: as `read_image`)."""
     from ..video_io import read_image
 
     location = str(sample.meta[field])
@@ -118,8 +118,8 @@ def read_metadata_image(field: str, options: dict[str, Any], sample: SampleConte
             "--editor-option allowed_roots=[/data/edits] (job: editor.options.allowed_roots)"
         )
     if target == location and URL.match(location):
-        return read_image_url(location, sample.max_image_pixels)
-    return read_image(target, name=location, max_pixels=sample.max_image_pixels)
+        return read_image_url(location, sample.max_image_pixels, mode)
+    return read_image(target, name=location, max_pixels=sample.max_image_pixels, mode=mode)
 
 
 class ProvidedEditor(FirstFrameEditor):
