@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import AnyV2VError
-from .base import FirstFrameEditor, SampleContext
+from .base import FirstFrameEditor, SampleContext, check_licence
 
 ENTRY_POINT_GROUP = "anyv2v_batch.editors"
 
@@ -25,6 +25,7 @@ BUILTIN_EDITORS: dict[str, str] = {
     "instruct-pix2pix": "anyv2v_batch.editors.instruct_pix2pix:InstructPix2PixEditor",
     "style-transfer": "anyv2v_batch.editors.style_transfer:StyleTransferEditor",
     "diffusers": "anyv2v_batch.editors.diffusers_pipeline:DiffusersEditor",
+    "instantid": "anyv2v_batch.editors.instantid:InstantIDEditor",
 }
 
 
@@ -90,6 +91,7 @@ __all__ = [
     "FirstFrameEditor",
     "SampleContext",
     "available_editors",
+    "check_licence",
     "editor_class",
     "load_editor",
 ]
