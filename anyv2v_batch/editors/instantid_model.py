@@ -79,7 +79,9 @@ def load_adapter_state(path: str) -> dict[str, dict[str, torch.Tensor]]:
         else:
             state = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign file: one line
-        raise AnyV2VError(f"cannot read the face adapter {path!r}: {type(e).__name__}: {str(e)[:160]}") from None
+        why = "it holds more than tensors" if "weights_only" in str(e).lower() or "unpickl" in str(e).lower() else ""
+        first = why or (str(e).strip().splitlines() or [""])[0][:160]
+        raise AnyV2VError(f"cannot read the face adapter {path!r}: {type(e).__name__}: {first}") from None
     if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
         raise AnyV2VError(f"face adapter {path!r} is not InstantID's format (image_proj + ip_adapter state dicts)")
     if "latents" not in state["image_proj"]:
