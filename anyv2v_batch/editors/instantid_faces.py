@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import AnyV2VError
 
-EXTRA_HINT = "pip install -e '.[instantid]'"
+# insightface without its dependencies: it requires opencv-python, which would replace opencv-python-headless
+EXTRA_HINT = "pip install -e '.[instantid]' && pip install --no-deps 'insightface>=2.1'"
 
 
 @dataclass
