@@ -327,3 +327,62 @@ def test_job_with_an_instantid_variant_one_ok_row_one_error_row(tmp_path, ray_lo
 
 
 # --- stage by stage against the official pipeline ----------------------------------------------------
+
+
+class Case:
+    def __init__(self, folder):
+        self.folder = folder
+        self.spec = json.loads((folder / "case.json").read_text())
+        self.stages = load_file(str(folder / "stages.safetensors"))
+        self.pose = read_image(folder / self.spec.get("pose", "pose.png"))
+        self.embedding = np.load(folder / self.spec.get("face_embedding", "face_embedding.npy"))
+
+
+@pytest.fixture(scope="module", params=[c.name for c in CASES])
+def case(request) -> Case:
+    return Case(REF / request.param)
+
+
+def test_stages_match_the_official_pipeline(case, tiny_model):
+    """Every stage of our run against the official pipeline's, from the same inputs and starting noise."""
+    from anyv2v_batch.editors.instantid_model import resize_img
+    from anyv2v_batch.imaging import fit_frame, to_pil
+
+    spec, ref = case.spec, case.stages
+    pose = np.asarray(resize_img(to_pil(case.pose), spec["max_side"], spec["min_side"]))
+    kps = np.asarray(spec["face_kps"], np.float64) * [
+        pose.shape[1] / case.pose.shape[1],
+        pose.shape[0] / case.pose.shape[0],
+    ]
+    kps_image = draw_kps(pose.shape[1], pose.shape[0], kps)
+    assert np.array_equal(kps_image, ref["kps_image"].numpy())
+    record: dict = {}
+    out = generate(
+        tiny_model, spec["prompt"], spec["negative_prompt"], case.embedding, kps_image, steps=spec["steps"],
+        guidance_scale=spec["guidance_scale"], identitynet_scale=spec["identitynet_scale"],
+        ip_adapter_scale=spec["ip_adapter_scale"], latents=ref["latents_init"], record=record,
+    )  # fmt: skip
+    errors = {
+        "negative_prompt_embeds": rel_err(record["prompt_embeds"][:1], ref["negative_prompt_embeds"]),
+        "prompt_embeds": rel_err(record["prompt_embeds"][1:], ref["prompt_embeds"]),
+        "negative_pooled_prompt_embeds": rel_err(
+            record["pooled_prompt_embeds"][:1], ref["negative_pooled_prompt_embeds"]
+        ),
+        "pooled_prompt_embeds": rel_err(record["pooled_prompt_embeds"][1:], ref["pooled_prompt_embeds"]),
+        "uncond_face_tokens": rel_err(record["face_tokens"][:1], ref["uncond_face_tokens"]),
+        "face_tokens": rel_err(record["face_tokens"][1:], ref["face_tokens"]),
+        "add_time_ids": rel_err(record["add_time_ids"][-1:], ref["add_time_ids"].reshape(-1, 6)[-1:]),
+        "timesteps": rel_err(record["timesteps"], ref["timesteps"]),
+    }
+    steps = int(ref["timesteps"].numel())
+    assert steps == spec["steps"]
+    for i in range(steps):
+        errors[f"latent_in.{i}"] = rel_err(record[f"latent_in.{i}"], ref[f"latent_in.{i}"])
+        errors[f"noise_pred.{i}"] = rel_err(record[f"noise_pred.{i}"], ref[f"noise_pred.{i}"])
+    errors["latent"] = rel_err(record["latent"], ref["latent"])
+    print(case.folder.name, {k: f"{v:.1e}" for k, v in errors.items()})
+    assert max(errors.values()) < 1e-4, errors
+    assert np.abs(out.astype(int) - ref["image"].numpy().astype(int)).max() <= 1
+    if "frame" in ref:
+        frame = fit_frame(out, case.pose.shape[1], case.pose.shape[0], "stretch")
+        assert np.abs(frame.astype(int) - ref["frame"].numpy().astype(int)).max() <= 1
