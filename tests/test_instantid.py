@@ -307,8 +307,8 @@ def test_job_with_an_instantid_variant_one_ok_row_one_error_row(tmp_path, ray_lo
     options = base_options()
     job = build_job({
         "input": str(tmp_path / "in" / "000.tar"), "output": str(tmp_path / "out"), "model": str(TINY_MODEL),
-        "device": "cpu", "accept_noncommercial_models": True, "clip": {"frames": 4, "width": 32, "height": 32},
-        "inversion": {"steps": 2}, "edit": {"steps": 2, "prompt": "a person"},
+        "device": "cpu", "accept_noncommercial_models": True, "clip": {"frames": 2, "width": 32, "height": 32},
+        "inversion": {"steps": 1}, "edit": {"steps": 1, "prompt": "a person"},
         "variants": [{"name": "identity", "editor": {"name": "instantid", "options": options}}],
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
     })  # fmt: skip
