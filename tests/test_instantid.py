@@ -259,6 +259,8 @@ def test_options_are_checked_before_work():
 
 
 def test_refuses_without_accepting_noncommercial_models_before_any_model_loads(tmp_path, capsys):
+    from anyv2v_batch.job import build_job
+
     with pytest.raises(AnyV2VError, match="--accept-noncommercial-models"):
         load_editor("instantid", device="cpu")
     write_video(tmp_path / "src.mp4", moving_clip(4, 32, 32), 8)
@@ -274,6 +276,10 @@ def test_refuses_without_accepting_noncommercial_models_before_any_model_loads(t
     code, _, err = run_cli(["run", job, "-q"], capsys)
     assert code == 1 and err.count("\n") == 1 and "accept_noncommercial_models: true" in err
     assert not (tmp_path / "out").exists()
+    code, _, err = run_cli(["run", job, "-q", "--accept-noncommercial-models"], capsys)  # past the gate: no input
+    assert code == 1 and "non-commercial" not in err and "in.tar" in err and not (tmp_path / "out").exists()
+    with pytest.raises(AnyV2VError, match="accept_noncommercial_models must be a bool"):
+        build_job({"input": "x.tar", "output": "out", "accept_noncommercial_models": "yes"})
     code, out, _ = run_cli(["editors"], capsys)
     assert code == 0 and "instantid [built-in]" in out and "NON-COMMERCIAL: InstantID's weights" in out
 
