@@ -55,8 +55,10 @@ def resize_img(image: Image.Image, max_side: int = 1280, min_side: int = 1024, b
     ratio = min_side / min(h, w)
     w, h = round(ratio * w), round(ratio * h)
     ratio = max_side / max(h, w)
-    image = image.resize([round(ratio * w), round(ratio * h)], Image.BILINEAR)
     size = ((round(ratio * w) // base) * base, (round(ratio * h) // base) * base)
+    if min(size) < base:
+        raise AnyV2VError(f"a {image.size[0]}x{image.size[1]} image is too narrow for max_side {max_side}")
+    image = image.resize([round(ratio * w), round(ratio * h)], Image.BILINEAR)
     return image.resize(list(size), Image.BILINEAR)
 
 
