@@ -233,6 +233,10 @@ def test_inputs_from_sample_files_metadata_and_options_agree(tiny_model, tmp_pat
     assert a.shape == frame.shape and np.array_equal(a, b) and np.array_equal(a, c)
     d = editor.edit(frame, base_options(), SampleContext("k", files=files, seed=6))
     assert not np.array_equal(a, d)  # the sample's seed draws the noise
+    # the variant's edit_prompt (the pool's `instruction`, maybe templated per sample) wins over the option
+    e = editor.edit(frame, base_options(instruction="rain"), SampleContext("k", files=files, seed=5))
+    assert np.array_equal(e, editor.edit(frame, base_options(prompt="rain"), SampleContext("k", files=files, seed=5)))
+    assert not np.array_equal(a, e)
     with pytest.raises(AnyV2VError, match="has no reference face") as e:
         editor.edit(frame, base_options(), SampleContext("k", files={"face_kps.json": files["face_kps.json"]}))
     assert "k.face_embedding.npy" in str(e.value)

@@ -106,7 +106,7 @@ class InstantIDEditor(FirstFrameEditor):
     noncommercial = True
     licence_note = LICENCE_NOTE
     options = {
-        "prompt": "what the picture shows, e.g. 'a photo of a woman' (required; or --edit-prompt)",
+        "prompt": "what the picture shows, e.g. 'a photo of a woman' (required; --edit-prompt / edit_prompt wins)",
         "negative_prompt": "default: infer.py's negative prompt; null: zeros (the pipeline's own default)",
         "face": "reference face image, path or URL (else <key>.face.png or metadata `face`)",
         "face_embedding": "its 512-d antelopev2 embedding as .npy instead (else <key>.face_embedding.npy / metadata)",
@@ -229,7 +229,7 @@ class InstantIDEditor(FirstFrameEditor):
         model = self.model(options)
         image = generate(
             model,
-            prompt=str(options.get("prompt") or options.get("instruction")),
+            prompt=str(options.get("instruction") or options.get("prompt")),  # edit_prompt may template metadata
             negative_prompt=options.get("negative_prompt", DEFAULT_NEGATIVE),
             face_embedding=embedding,
             kps_image=draw_kps(pose.shape[1], pose.shape[0], kps),
