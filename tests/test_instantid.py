@@ -305,6 +305,19 @@ def test_edit_frame_writes_the_editors_frame(tmp_path, capsys):
     assert np.array_equal(read_image(tmp_path / "f.png"), expected)
 
 
+def test_shard_reader_hands_the_face_members_to_the_editor(tmp_path):
+    from anyv2v_batch.job import build_job
+    from anyv2v_batch.operators.read_shards import read_shard
+
+    members = [("a.mp4", mp4(moving_clip(2, 32, 32))), ("a.face.png", npng(moving_clip(1, 32, 32)[0])),
+               ("a.face_embedding.npy", npy(EMBEDDING)), ("a.face_kps.json", json.dumps(KPS).encode()),
+               ("a.json", b'{"caption": "x"}')]  # fmt: skip
+    write_shard(tmp_path / "s.tar", members)
+    job = build_job({"input": str(tmp_path / "s.tar"), "output": str(tmp_path / "out")})
+    (work,) = [w["work"] for w in read_shard({"shard": str(tmp_path / "s.tar"), "shard_id": "s", "done": []}, job)]
+    assert work.files == {name.split(".", 1)[1]: data for name, data in members[1:4]} and work.meta["caption"] == "x"
+
+
 def test_job_with_an_instantid_variant_one_ok_row_one_error_row(tmp_path, ray_local):
     from anyv2v_batch.job import build_job
     from anyv2v_batch.operators.work import derive_seed
