@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,9 +29,11 @@ from anyv2v_batch.editors.instantid_model import InstantIDModel, draw_kps, gener
 from anyv2v_batch.pnp_edit import prepare_first_frame
 from anyv2v_batch.video_io import read_image, read_video, write_video
 
-REF = FIXTURES / "instantid-reference"
-SDXL, IDENTITYNET, ADAPTER = REF / "tiny-sdxl", REF / "tiny-identitynet", REF / "tiny-ip-adapter.safetensors"
+REF = FIXTURES / "instantid-reference"  # the official runs and the tiny models they ran
 CASES = sorted(p for p in REF.glob("case-*") if p.is_dir())
+# the other tests run tiny random models of the same architectures, made here (build_tiny_instantid)
+TINY = Path(tempfile.mkdtemp(prefix="tiny-instantid-"))
+SDXL, IDENTITYNET, ADAPTER = TINY / "sdxl", TINY / "identitynet", TINY / "ip-adapter.safetensors"
 ACCEPT = {"accept_noncommercial_models": True}
 # tiny generation size: resize_img brings the short side to 64, then the long side to 128
 SIZES = {"max_side": 128, "min_side": 64}
@@ -39,9 +44,89 @@ def base_options(**extra) -> dict:
             "adapter": str(ADAPTER), "steps": 2, **SIZES, **extra}  # fmt: skip
 
 
+def build_tiny_instantid(folder: Path) -> None:
+    """A tiny SDXL (text_time UNet, 8x VAE, two CLIP text encoders, Euler with SDXL-base's settings), an
+    IdentityNet from its UNet with non-zero output convs, and a face adapter in the official format:
+    the state dict of InstantID's `Resampler(dim=64, depth=4, dim_head=64, heads=1, num_queries=16,
+    embedding_dim=512, output_dim=32, ff_mult=4)` (its key names and shapes) plus `<n>.to_k_ip` /
+    `<n>.to_v_ip` for every cross-attention, n counting over all the UNet's attention processors."""
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(TINY_MODEL / "tokenizer")
+    unet = UNet2DConditionModel(
+        sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=8 * 6 + 16,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8), norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.13025,
+    )  # fmt: skip
+    text = dict(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)), tokenizer=tokenizer, tokenizer_2=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=16)), unet=unet,
+        scheduler=scheduler,
+    ).save_pretrained(folder / "sdxl")  # fmt: skip
+    identitynet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 8))
+    with torch.no_grad():
+        for name, p in identitynet.named_parameters():
+            if name.startswith(
+                ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+            ):
+                p.normal_(0, 0.05)
+    identitynet.save_pretrained(folder / "identitynet")
+    dim, inner, out, ff = 64, 64, 32, 256
+    proj = {"latents": (1, 16, dim), "proj_in.weight": (dim, 512), "proj_in.bias": (dim,),
+            "proj_out.weight": (out, dim), "proj_out.bias": (out,), "norm_out.weight": (out,),
+            "norm_out.bias": (out,)}  # fmt: skip
+    for i in range(4):
+        proj |= {f"layers.{i}.0.norm1.weight": (dim,), f"layers.{i}.0.norm1.bias": (dim,),
+                 f"layers.{i}.0.norm2.weight": (dim,), f"layers.{i}.0.norm2.bias": (dim,),
+                 f"layers.{i}.0.to_q.weight": (inner, dim), f"layers.{i}.0.to_kv.weight": (2 * inner, dim),
+                 f"layers.{i}.0.to_out.weight": (dim, inner), f"layers.{i}.1.0.weight": (dim,),
+                 f"layers.{i}.1.0.bias": (dim,), f"layers.{i}.1.1.weight": (ff, dim),
+                 f"layers.{i}.1.3.weight": (dim, ff)}  # fmt: skip
+    layer_norms = {k for k in proj if k.endswith(("norm1.weight", "norm2.weight", "norm_out.weight", ".1.0.weight"))}
+    state = {f"image_proj.{k}": torch.randn(shape) * (0.2 if len(shape) > 1 else 0.05) + (k in layer_norms)
+             for k, shape in proj.items()}  # fmt: skip
+    for n, name in enumerate(unet.attn_processors):
+        if name.endswith("attn2.processor"):  # every cross-attention of this UNet is at 32 channels
+            state[f"ip_adapter.{n}.to_k_ip.weight"] = torch.randn(32, 32) * 0.1
+            state[f"ip_adapter.{n}.to_v_ip.weight"] = torch.randn(32, 32) * 0.1
+    save_file(state, folder / "ip-adapter.safetensors")
+
+
 @pytest.fixture(scope="module")
-def tiny_model() -> InstantIDModel:
-    return InstantIDModel.load(str(SDXL), str(IDENTITYNET), str(ADAPTER), torch.device("cpu"), torch.float32)
+def tiny_model():
+    build_tiny_instantid(TINY)
+    yield InstantIDModel.load(str(SDXL), str(IDENTITYNET), str(ADAPTER), torch.device("cpu"), torch.float32)
+    shutil.rmtree(TINY, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def reference_model() -> InstantIDModel:
+    """The tiny models the official runs used (the adapter as recorded, flattened to .safetensors)."""
+    return InstantIDModel.load(
+        str(REF / "tiny-sdxl"), str(REF / "tiny-identitynet"), str(REF / "tiny-ip-adapter.safetensors"),
+        torch.device("cpu"), torch.float32,
+    )  # fmt: skip
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:
@@ -288,7 +373,7 @@ def test_refuses_without_accepting_noncommercial_models_before_any_model_loads(t
     assert code == 0 and "instantid [built-in]" in out and "NON-COMMERCIAL: InstantID's weights" in out
 
 
-def test_edit_frame_writes_the_editors_frame(tmp_path, capsys):
+def test_edit_frame_writes_the_editors_frame(tiny_model, tmp_path, capsys):
     clip = moving_clip(4, 32, 32)
     write_video(tmp_path / "src.mp4", clip, 8)
     (tmp_path / "e.npy").write_bytes(npy(EMBEDDING))
@@ -318,7 +403,7 @@ def test_shard_reader_hands_the_face_members_to_the_editor(tmp_path):
     assert work.files == {name.split(".", 1)[1]: data for name, data in members[1:4]} and work.meta["caption"] == "x"
 
 
-def test_job_with_an_instantid_variant_one_ok_row_one_error_row(tmp_path, ray_local):
+def test_job_with_an_instantid_variant_one_ok_row_one_error_row(tiny_model, tmp_path, ray_local):
     from anyv2v_batch.job import build_job
     from anyv2v_batch.operators.work import derive_seed
     from anyv2v_batch.pipelines.anyv2v_job import run_job
@@ -344,7 +429,13 @@ def test_job_with_an_instantid_variant_one_ok_row_one_error_row(tmp_path, ray_lo
     editor = load_editor("instantid", device="cpu", dtype="float32", **ACCEPT)
     files = {"face_embedding.npy": members[1][1], "face_kps.json": members[2][1]}
     seed = derive_seed(job.variants[0].seed, "a", "identity")
-    expected = prepare_first_frame(editor.edit(first, options, SampleContext("a", files=files, seed=seed)), 32, 32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the editor actor (num_cpus 0.5): float sums then add up in the same order
+    try:
+        edited = editor.edit(first, options, SampleContext("a", files=files, seed=seed))
+    finally:
+        torch.set_num_threads(threads)
+    expected = prepare_first_frame(edited, 32, 32)
     out = read_tar(tmp_path / "out" / "shards" / "000.tar")
     assert np.array_equal(image(out["a.identity.png"]), expected)
 
@@ -366,7 +457,7 @@ def case(request) -> Case:
     return Case(REF / request.param)
 
 
-def test_stages_match_the_official_pipeline(case, tiny_model):
+def test_stages_match_the_official_pipeline(case, reference_model):
     """Every stage of our run against the official pipeline's, from the same inputs and starting noise."""
     from anyv2v_batch.editors.instantid_model import resize_img
     from anyv2v_batch.imaging import fit_frame, to_pil
@@ -381,7 +472,7 @@ def test_stages_match_the_official_pipeline(case, tiny_model):
     assert np.array_equal(kps_image, ref["kps_image"].numpy())
     record: dict = {}
     out = generate(
-        tiny_model, spec["prompt"], spec["negative_prompt"], case.embedding, kps_image, steps=spec["steps"],
+        reference_model, spec["prompt"], spec["negative_prompt"], case.embedding, kps_image, steps=spec["steps"],
         guidance_scale=spec["guidance_scale"], identitynet_scale=spec["identitynet_scale"],
         ip_adapter_scale=spec["ip_adapter_scale"], latents=ref["latents_init"], record=record,
     )  # fmt: skip
