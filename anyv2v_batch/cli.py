@@ -78,6 +78,9 @@ def edit(
     editor_option: Annotated[
         list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")
     ] = None,
+    accept_noncommercial_models: Annotated[
+        bool, typer.Option("--accept-noncommercial-models", help=NONCOMMERCIAL_HELP)
+    ] = False,
     prompt: Annotated[str, typer.Option(help="Prompt describing the edited video.")] = "",
     negative_prompt: Annotated[
         str | None, typer.Option(help="Negative prompt [default: the backbone's official one].")
@@ -178,7 +181,7 @@ def edit(
     ).validate()
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
-    options = _editor_options(editor, editor_option, first_frame, edit_prompt)
+    options = _editor_options(editor, editor_option, first_frame, edit_prompt, accept_noncommercial_models)
     _check_output(source, output, overwrite)
 
     from .backbones import load_backbone
@@ -213,7 +216,9 @@ def edit(
     first = plan[0]
     clip = read_source(source, first.frames, fps, width, height, resize)  # type: ignore[arg-type]
     edited = prepare_first_frame(
-        _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet), width, height
+        _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet, accept_noncommercial_models),
+        width,
+        height,
     )
     if compile:
         bb.compile()
@@ -256,13 +261,14 @@ def edit(
 
 
 def _editor_options(
-    editor: str, pairs: list[str] | None, first_frame: Path | None, edit_prompt: str
+    editor: str, pairs: list[str] | None, first_frame: Path | None, edit_prompt: str, accept_noncommercial: bool
 ) -> dict[str, object]:
-    """The editor's options from --editor-option KEY=VALUE, --first-frame and --edit-prompt."""
-    from .editors import editor_class
+    """The editor's options from --editor-option KEY=VALUE, --first-frame and --edit-prompt, checked."""
+    from .editors import check_licence, editor_class
     from .job import parse_set
 
-    editor_class(editor)  # an unknown editor fails here, before any work
+    cls = editor_class(editor)  # an unknown editor fails here, before any work
+    check_licence(cls, accept_noncommercial)
     options: dict[str, object] = parse_set(pairs or [], flag="--editor-option")
     if editor == "provided":
         if first_frame is None and "image" not in options:
@@ -275,16 +281,19 @@ def _editor_options(
         raise AnyV2VError(f"--first-frame is for --editor provided; {editor!r} makes the edited frame itself")
     if edit_prompt:
         options["instruction"] = edit_prompt
-    editor_class(editor).check_options(options)  # malformed options fail before any model loads
+    cls.check_options(options)
     return options
 
 
-def _run_editor(editor: str, options: dict, frame, source: Path, seed: int, device: str, dtype: str, quiet: bool):
+def _run_editor(
+    editor: str, options: dict, frame, source: Path, seed: int, device: str, dtype: str, quiet: bool, accept: bool
+):
     from .editors import SampleContext, load_editor
 
     if editor != "provided":
         _say(quiet, f"editing the first frame with {editor}")
-    return load_editor(editor, device=device, dtype=dtype).edit(frame, options, SampleContext(source.stem, seed=seed))
+    loaded = load_editor(editor, device=device, dtype=dtype, accept_noncommercial_models=accept)
+    return loaded.edit(frame, options, SampleContext(source.stem, seed=seed))
 
 
 @app.command("edit-frame")
@@ -297,6 +306,9 @@ def edit_frame(
         list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")
     ] = None,
     first_frame: Annotated[Path | None, typer.Option("--first-frame", help="For --editor provided.")] = None,
+    accept_noncommercial_models: Annotated[
+        bool, typer.Option("--accept-noncommercial-models", help=NONCOMMERCIAL_HELP)
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 8888,
     fps: Annotated[float, typer.Option(help="As for `edit` (the first frame does not depend on it).")] = 8.0,
     width: Annotated[int, typer.Option(help="Width in pixels (multiple of 8).")] = 512,
@@ -314,7 +326,7 @@ def edit_frame(
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
     _check_output(source, output, overwrite, kinds="png")
-    options = _editor_options(editor, editor_option, first_frame, edit_prompt)
+    options = _editor_options(editor, editor_option, first_frame, edit_prompt, accept_noncommercial_models)
 
     from .loading import quiet_libraries
     from .pnp_edit import prepare_first_frame
@@ -322,7 +334,9 @@ def edit_frame(
 
     clip = read_source(source, 1, fps, width, height, resize)  # type: ignore[arg-type]
     quiet_libraries()
-    edited = _run_editor(editor, options, clip.frames[0], source, seed, device, dtype, quiet)
+    edited = _run_editor(
+        editor, options, clip.frames[0], source, seed, device, dtype, quiet, accept_noncommercial_models
+    )
     atomic_write_bytes(output, encode_png(prepare_first_frame(edited, width, height)))
     _say(quiet, f"wrote {output} ({width}x{height})")
 
@@ -337,6 +351,8 @@ def editors() -> None:
             typer.echo(f"{info.name} [{info.source}]: cannot be loaded: {info.error}")
             continue
         typer.echo(f"{info.name} [{info.source}]: {info.cls.description}")
+        if info.cls.noncommercial:
+            typer.echo(f"    NON-COMMERCIAL: {info.cls.licence_note or 'its models are for non-commercial use only'}")
         for option, text in info.cls.options.items():
             typer.echo(f"    {option}: {text}")
 
@@ -463,6 +479,7 @@ PRESET_HELP = (
     "AnyV2V task preset: the official propagation settings (and editor) for subject-driven or identity edits; "
     "see `anyv2v-batch presets`. Flags given win."
 )
+NONCOMMERCIAL_HELP = "Accept models licensed for non-commercial research only (needed by --editor instantid)."
 FRAMES_HELP = "Frames per clip from its start, or 'all': every frame of the source at --fps (up to --max-frames)."
 MAX_FRAMES_HELP = "--frames all: the most frames a clip may have."
 TOO_LONG_HELP = "--frames all, a source over --max-frames: error, or truncate (edit its first --max-frames)."
@@ -497,6 +514,7 @@ RUN_FLAGS = {
     "evaluate_model": "evaluate.model", "max_frames": "clip.max_frames", "too_long": "clip.too_long",
     "window_frames": "window.frames", "window_overlap": "window.overlap", "window_max_frames": "window.max_frames",
     "window_match_stats": "window.match_stats", "window_blend": "window.blend", "preset": "preset",
+    "accept_noncommercial_models": "accept_noncommercial_models",
 }  # fmt: skip
 PROGRESS_EVERY_HELP = (
     "Without a terminal, log the progress line every SECONDS (a terminal's is redrawn in place). "
@@ -516,6 +534,9 @@ def run(
     edit_prompt: Annotated[str | None, typer.Option(help="Instruction for the first-frame editor.")] = None,
     editor_option: Annotated[
         list[str] | None, typer.Option("--editor-option", help="Editor option KEY=VALUE (repeatable).")
+    ] = None,
+    accept_noncommercial_models: Annotated[
+        bool | None, typer.Option("--accept-noncommercial-models", help=NONCOMMERCIAL_HELP)
     ] = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt; may template metadata, e.g. '{caption}'.")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,

@@ -104,6 +104,8 @@ class JobSpec:
     store_all_timesteps: bool = False  # `invert`: keep every timestep, not only those the variants read
     # a rerun recomputes (and replaces) pairs made with other settings instead of refusing
     redo_changed: bool = False
+    # editors whose models are for non-commercial use only (e.g. instantid) run only when this is true
+    accept_noncommercial_models: bool = False
     limits: Limits = field(default_factory=Limits)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)  # quality scores (evaluation.py)
     source: str = "job"  # the file (or "command line") the job came from, for messages
@@ -129,6 +131,7 @@ TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
     "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
     "inversions", "store_all_timesteps", "redo_changed", "limits", "evaluate", "window", "preset",
+    "accept_noncommercial_models",
 }  # fmt: skip
 VARIANT_KEYS = {
     "name", "prompt", "clip", "inversion", "edit", "editor", "edit_prompt", "seed", "backbone", "model", "window",
@@ -464,6 +467,9 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         share_source=_coerce(where, "share_source", raw.get("share_source", True), True),
         store_all_timesteps=_coerce(where, "store_all_timesteps", raw.get("store_all_timesteps", False), False),
         redo_changed=_coerce(where, "redo_changed", raw.get("redo_changed", False), False),
+        accept_noncommercial_models=_coerce(
+            where, "accept_noncommercial_models", raw.get("accept_noncommercial_models", False), False
+        ),
         limits=_limits(where, raw.get("limits")),
         evaluate=_evaluate(where, raw.get("evaluate"), file_mode),
         source=where,

@@ -25,7 +25,10 @@ class EditorPool:
 
     def editor(self, name: str) -> FirstFrameEditor:
         if name not in self.editors:
-            self.editors[name] = load_editor(name, device=self.device, dtype=self.job.dtype)
+            self.editors[name] = load_editor(
+                name, device=self.device, dtype=self.job.dtype,
+                accept_noncommercial_models=self.job.accept_noncommercial_models,
+            )  # fmt: skip
         return self.editors[name]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:

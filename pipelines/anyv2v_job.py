@@ -146,11 +146,14 @@ def changed_settings_error(job: JobSpec, output: str, changed: dict[str, list[di
 
 def check_job(job: JobSpec) -> None:
     """What can be checked from the job alone: editor names, outputs that are inputs."""
-    from anyv2v_batch.editors import editor_class
+    from anyv2v_batch.editors import check_licence, editor_class
 
     for v in job.variants:
         try:
-            editor_class(v.editor.name).check_options(v.editor.options)
+            cls = editor_class(v.editor.name)
+            check_licence(cls, job.accept_noncommercial_models)
+            # as the editor pool passes them: the variant's edit_prompt is the instruction
+            cls.check_options({**v.editor.options, **({"instruction": v.edit_prompt} if v.edit_prompt else {})})
         except AnyV2VError as e:
             raise AnyV2VError(f"variant {v.name!r}: {e}") from None
     for what, where in (("output", job.output), ("inversions store", job.inversions)):

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import AnyV2VError
-from .base import FirstFrameEditor, SampleContext
+from .base import FirstFrameEditor, SampleContext, check_licence
 
 ENTRY_POINT_GROUP = "anyv2v_batch.editors"
 
@@ -26,6 +26,7 @@ BUILTIN_EDITORS: dict[str, str] = {
     "style-transfer": "anyv2v_batch.editors.style_transfer:StyleTransferEditor",
     "diffusers": "anyv2v_batch.editors.diffusers_pipeline:DiffusersEditor",
     "anydoor": "anyv2v_batch.editors.anydoor:AnyDoorEditor",
+    "instantid": "anyv2v_batch.editors.instantid:InstantIDEditor",
 }
 
 
@@ -91,6 +92,7 @@ __all__ = [
     "FirstFrameEditor",
     "SampleContext",
     "available_editors",
+    "check_licence",
     "editor_class",
     "load_editor",
 ]

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import AnyV2VError
 from ..video_io import MAX_IMAGE_PIXELS
 
 
@@ -27,6 +28,18 @@ class SampleContext:
     max_image_pixels: int = MAX_IMAGE_PIXELS  # the job's limits.max_image_pixels, for images the sample brings
 
 
+NONCOMMERCIAL_FLAG = "--accept-noncommercial-models"
+
+
+def check_licence(cls: type[FirstFrameEditor], accepted: bool) -> None:
+    """Refuse a non-commercial editor unless the job accepts its licence (before any model loads)."""
+    if cls.noncommercial and not accepted:
+        raise AnyV2VError(
+            f"editor {cls.name!r}: {cls.licence_note.split(';')[0] or 'its models are for non-commercial use only'}; "
+            f"to accept that, pass {NONCOMMERCIAL_FLAG} (job: accept_noncommercial_models: true)"
+        )
+
+
 class FirstFrameEditor(ABC):
     """Edits the first frame of a clip. Subclasses set `name` and describe their `options`."""
 
@@ -34,10 +47,15 @@ class FirstFrameEditor(ABC):
     description: ClassVar[str] = ""
     options: ClassVar[dict[str, str]] = {}  # option -> one-line help, listed by `anyv2v-batch editors`
     needs_gpu: ClassVar[bool] = False  # whether the editor pool should hold GPUs for it
+    # weights or models licensed for non-commercial use only: the editor starts only when the job
+    # accepts that (accept_noncommercial_models: true); `licence_note` says why, in `anyv2v-batch editors`
+    noncommercial: ClassVar[bool] = False
+    licence_note: ClassVar[str] = ""
 
     def __init__(self, device: str = "auto", dtype: str = "auto", **load_options: Any) -> None:
         from ..loading import resolve_device, resolve_dtype
 
+        check_licence(type(self), bool(load_options.get("accept_noncommercial_models")))
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.load_options = load_options
