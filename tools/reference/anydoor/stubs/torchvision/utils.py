@@ -1,0 +1,2 @@
+def make_grid(*a, **k):  # stand-in: logging only
+    raise NotImplementedError
