@@ -206,7 +206,7 @@ def job_yaml(root: Path, out: str, gate: Gate, address: str | None = None) -> Pa
         "variants": [{"name": "plain", "prompt": "{caption}"}, {"name": "snow", "prompt": "{caption}, snow"}],
         "pools": {
             "decode": {"num_cpus": 0.5}, "encode": {"num_cpus": 0.5}, "editor": {"num_cpus": 0.5, "size": 1},
-            "inversion": {"num_cpus": 0.5, "size": 2}, "sampler": {"num_cpus": 0.5, "size": 2},
+            "inversion": {"num_cpus": 0.5}, "sampler": {"num_cpus": 0.5},
         },
     }  # fmt: skip
     if address:
