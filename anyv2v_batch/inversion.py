@@ -118,7 +118,9 @@ def invert_batch(
     latents: list[torch.Tensor] | None = None,
     on_step: Callable[[int, int, int, torch.Tensor], None] | None = None,
 ) -> list[Inversion]:
-    """Several clips of one shape inverted in the same UNet calls; each equals its inversion alone.
+    """Several clips of one shape inverted, each in UNet calls of its own: a clip's inversion is
+    bit-identical whatever other clips it is inverted with (kernels round differently for another
+    batch size).
 
     on_step(clip, i, t, latent) is called with each inverted latent as it is produced.
     """
@@ -128,50 +130,41 @@ def invert_batch(
         raise ValueError("invert_batch needs clips of one shape")
     num_frames, height, width = clips[0].shape[:3]
     backbone.check_clip(ClipSettings(frames=num_frames, fps=fps, width=width, height=height).validate())
-    firsts = [c[0] for c in clips]
-    per_clip = [inversion_branches(first, settings) for first in firsts]
-    # guidance batches [negatives..., positives...] so that the two halves line up with [x, x]
-    branches = [b for k in range(len(per_clip[0])) for branches in per_clip for b in branches[k : k + 1]]
-    cond = backbone.condition(branches, num_frames, fps)
-
-    scheduler = backbone.scheduler(inverse=True)
-    timesteps = set_schedule(scheduler, settings.steps, "--inversion-steps")
     stored = set(backbone.schedule.stored_timesteps(settings))
     wanted = stored if keep is None else stored & {int(t) for t in keep}
-    # the conditioning row of each clip's positive branch (guidance puts the negatives first)
-    rows = [c + (len(clips) if settings.guidance_scale > 1.0 else 0) for c in range(len(clips))]
+    row = 1 if settings.guidance_scale > 1.0 else 0  # the positive branch's conditioning row
 
-    if latents is None:
-        video = torch.cat([backbone.encode_video(c) for c in clips])
-    else:
-        video = torch.cat([lat.to(backbone.device, torch.float32) for lat in latents])
-    x = backbone.sampled_part(video)  # ConsistI2V: frame 0 is a condition, not inverted
-    kept_t: list[int] = []
-    kept_x: list[list[torch.Tensor]] = [[] for _ in clips]
-    for i, t in enumerate(timesteps):
-        v = guided_prediction(backbone, x, t, cond, settings.guidance_scale)
-        x = scheduler.step(v, t, x).prev_sample
-        if on_step is None and t not in wanted:
-            continue
-        full = [backbone.full_video(x[c : c + 1], cond, rows[c]) for c in range(len(clips))]
-        if on_step is not None:
-            for c in range(len(clips)):
-                on_step(c, i, t, full[c])
-        if t in wanted:
-            kept_t.append(t)
-            for c in range(len(clips)):
-                kept_x[c].append(full[c][0].to("cpu", torch.float32))
-    return [
-        Inversion(
-            backbone=backbone.name,
-            timesteps=tuple(kept_t),
-            latents=torch.stack(kept_x[c]) if kept_t else torch.empty(0),
-            source_first_frame=firsts[c],
-            fps=fps,
-            settings=settings,
+    inversions = []
+    for c, frames in enumerate(clips):
+        scheduler = backbone.scheduler(inverse=True)  # a fresh one per clip: a scheduler may keep state
+        timesteps = set_schedule(scheduler, settings.steps, "--inversion-steps")
+        cond = backbone.condition(inversion_branches(frames[0], settings), num_frames, fps)
+        video = backbone.encode_video(frames) if latents is None else latents[c].to(backbone.device, torch.float32)
+        x = backbone.sampled_part(video)  # ConsistI2V: frame 0 is a condition, not inverted
+        kept_t: list[int] = []
+        kept_x: list[torch.Tensor] = []
+        for i, t in enumerate(timesteps):
+            v = guided_prediction(backbone, x, t, cond, settings.guidance_scale)
+            x = scheduler.step(v, t, x).prev_sample
+            if on_step is None and t not in wanted:
+                continue
+            full = backbone.full_video(x, cond, row)
+            if on_step is not None:
+                on_step(c, i, t, full)
+            if t in wanted:
+                kept_t.append(t)
+                kept_x.append(full[0].to("cpu", torch.float32))
+        inversions.append(
+            Inversion(
+                backbone=backbone.name,
+                timesteps=tuple(kept_t),
+                latents=torch.stack(kept_x) if kept_t else torch.empty(0),
+                source_first_frame=frames[0],
+                fps=fps,
+                settings=settings,
+            )
         )
-        for c in range(len(clips))
-    ]
+    return inversions
 
 
 # ---- storing inversions: safetensors (tensors + string metadata), never pickle

@@ -95,9 +95,8 @@ class JobSpec:
     ray_address: str | None = None
     ray_num_cpus: float | None = None  # CPUs of a local Ray instance (None: all)
     compile: bool = False  # torch.compile the UNet in the inversion and sampler actors
-    # a clip's variants share one source branch in the same UNet calls (fewer batch entries); outputs
-    # then equal one-variant runs to float rounding only. False: each variant alone, bit-identical to
-    # the one-clip command
+    # a clip's variants share one source branch (computed once per step for all of them). False: each
+    # variant computes its own; the outputs are the same bytes either way
     share_source: bool = True
     # stored inversions (written by `anyv2v-batch invert`): reused when valid, recomputed otherwise
     inversions: str | None = None

@@ -1,9 +1,10 @@
 """The AnyV2V edit: sample from the inverted latent, conditioned on the edited first frame, while the
 source branch's features are injected.
 
-Each UNet call is one batch [source, negative, editing] (without guidance: [source, editing]). The
-source branch's latent at timestep t is the stored inverted latent at t (the source is never
-denoised) and its prediction is discarded; it exists only to supply features for injection.
+Per step, the source branch runs in a UNet call of its own, then each edit's [negative, editing]
+(without guidance: [editing]) in one of its own, taking the source's recorded features. The source
+branch's latent at timestep t is the stored inverted latent at t (the source is never denoised) and
+its prediction is discarded; it exists only to supply features for injection.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .backbones.base import Backbone, Branch, cat_conditioning
+from .backbones.base import Backbone, Branch
 from .errors import AnyV2VError
 from .imaging import as_rgb_array, fit_frame
-from .injection import BranchPlan, FeatureInjector
+from .injection import FeatureInjector
 from .inversion import Inversion
 from .schedule import Schedule, missing_timestep_error, set_schedule
 from .settings import EditSettings, InversionSettings
@@ -275,14 +276,17 @@ def edit_batch(
     on_step: Callable[[int, int, int, torch.Tensor], None] | None = None,
     variance_noise: Callable[[int, int], torch.Tensor] | None = None,
 ) -> list[EditResult]:
-    """Several edits in the same UNet calls; each result equals its edit alone (to float rounding).
+    """Several edits stepped together; each result is bit-identical to its edit alone.
 
     Requests of one clip (the same `Inversion` object) share its source branch, so a clip with V
-    variants costs 1 + 2V batch entries per step instead of 3V. All requests need the same schedule
-    and latent shape (group them by `batch_key`). on_step(request, i, t, latent) is called with each
-    editing latent entering each UNet call. variance_noise(request, i): the noise a stochastic sampler
-    (SEINE's DDPM) adds at step i, instead of a draw from the request's seeded generator (to replay a
-    recorded run).
+    variants costs 1 + 2V batch entries per step instead of 3V. Every UNet call has a shape fixed by one
+    pair alone: per step, each source branch in a call of its own (recording the features its edits
+    inject), then each edit's [negative, editing] in a call of its own; conditioning and decoding are
+    per pair too. So no pair's numbers depend on which other variants or clips run beside it.
+    All requests need the same schedule and latent shape (group them by `batch_key`).
+    on_step(request, i, t, latent) is called with each editing latent entering each UNet call.
+    variance_noise(request, i): the noise a stochastic sampler (SEINE's DDPM) adds at step i, instead of
+    a draw from the request's seeded generator (to replay a recorded run).
     """
     for r in requests:
         r.settings.validate()
@@ -314,21 +318,14 @@ def edit_batch(
     members = [[j for j, c in enumerate(source_of) if c == i] for i in range(len(sources))]
     last_source = [max(plans[j].last_source_step for j in m) for m in members]
 
-    # conditioning rows: per source [source, (negative,) editing, (negative,) editing, ...]
-    cond_parts, source_row, neg_row, edit_row, row = [], {}, {}, {}, 0
-    for c, (clip, frame) in enumerate(sources):
-        branches = [Branch(clip.settings.prompt, frame)]
-        source_row[c], row = row, row + 1
-        for j in members[c]:
-            for b in edit_branches(backbone, clip, frames[j], requests[j].settings)[1:]:
-                branches.append(b)
-                if b.image_embedding:
-                    edit_row[j] = row
-                else:
-                    neg_row[j] = row
-                row += 1
-        cond_parts.append(backbone.condition(branches, clip.num_frames, clip.fps))
-    cond_all = cat_conditioning(cond_parts)
+    # conditioning: each source branch alone; each edit's own branches [(negative,) editing] alone
+    source_cond = [backbone.condition([Branch(c.settings.prompt, f)], c.num_frames, c.fps) for c, f in sources]
+    own_cond = [
+        backbone.condition(edit_branches(backbone, r.inversion, frames[j], r.settings)[1:], r.inversion.num_frames,
+                           r.inversion.fps)
+        for j, r in enumerate(requests)
+    ]  # fmt: skip
+    own_rows = [2 if r.settings.uses_guidance else 1 for r in requests]
 
     generators = [torch.Generator("cpu").manual_seed(r.settings.seed) for r in requests]
     xs = []
@@ -341,60 +338,47 @@ def edit_batch(
 
     positions = backbone.injection_positions if positions is None else positions
     entries = [0] * len(requests)
-    cond_cache: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
     with FeatureInjector(backbone.unet, positions) as injector:
         for i, t in enumerate(run):
-            rows, latents, pos, copies = [], [], {}, {k: [] for k in INJECTION_KINDS}
             for c, (clip, _) in enumerate(sources):
                 with_source = i <= last_source[c]
-                if with_source:
-                    src = len(rows)
-                    rows.append(source_row[c])
-                    latents.append(backbone.sampled_part(clip.at(plans[members[c][0]].source[i])).to(xs[0].device))
+                # the kinds each edit of this clip injects at t
+                kinds = {
+                    j: {k for k in INJECTION_KINDS if with_source and t in plans[j].windows[k]} for j in members[c]
+                }
+                if with_source:  # the source latent is the stored inversion's: its features need no history
+                    injector.record(t, set().union(*kinds.values()))
+                    latent = backbone.sampled_part(clip.at(plans[members[c][0]].source[i])).to(xs[0].device)
+                    backbone.predict(latent, t, source_cond[c])
                     entries[members[c][0]] += 1
                 for j in members[c]:
+                    r = requests[j]
                     if on_step is not None:
                         on_step(j, i, t, xs[j])
-                    own = []
-                    for table in (neg_row, edit_row):
-                        if j in table:
-                            own.append(len(rows))
-                            rows.append(table[j])
-                            latents.append(xs[j])
-                    pos[j] = own
-                    entries[j] += len(own)
-                    if with_source:
-                        for kind in INJECTION_KINDS:
-                            if t in plans[j].windows[kind]:
-                                copies[kind].append((src, tuple(own)))
-            key = tuple(rows)
-            if key not in cond_cache:
-                index = torch.tensor(rows)
-                cond_cache[key] = {k: v.index_select(0, index.to(v.device)) for k, v in cond_all.items()}
-            injector.set_step(t, {k: BranchPlan(len(rows), tuple(v)) for k, v in copies.items()})
-            out = backbone.predict(torch.cat(latents), t, cond_cache[key])
-            for j, r in enumerate(requests):
-                if r.settings.uses_guidance:
-                    neg, pos_out = out[pos[j][0] : pos[j][0] + 1], out[pos[j][1] : pos[j][1] + 1]
-                    v = neg + r.settings.guidance_scale * (pos_out - neg)
-                else:
-                    v = out[pos[j][0] : pos[j][0] + 1]
-                noise = variance_noise(j, i) if variance_noise is not None and t > 0 else None  # none added at t = 0
-                step = scheduler.step(v, t, xs[j], eta=r.settings.eta, generator=generators[j], variance_noise=noise)
-                xs[j] = step.prev_sample
+                    injector.inject(t, kinds[j])
+                    out = backbone.predict(torch.cat([xs[j]] * own_rows[j]), t, own_cond[j])
+                    entries[j] += own_rows[j]
+                    if r.settings.uses_guidance:
+                        neg, pos = out[0:1], out[1:2]
+                        v = neg + r.settings.guidance_scale * (pos - neg)
+                    else:
+                        v = out[0:1]
+                    noise = variance_noise(j, i) if variance_noise is not None and t > 0 else None  # none at t = 0
+                    step = scheduler.step(v, t, xs[j], eta=r.settings.eta, generator=generators[j],
+                                          variance_noise=noise)  # fmt: skip
+                    xs[j] = step.prev_sample
+                injector.pass_through()
         fired = injector.fired
 
-    latents_out = torch.cat([backbone.full_video(xs[j], cond_all, edit_row[j]) for j in range(len(requests))])
-    decoded = to_uint8_batch(backbone.decode_video(latents_out)) if decode else [None] * len(requests)
     results = []
     for j in range(len(requests)):
+        latents = backbone.full_video(xs[j], own_cond[j], own_rows[j] - 1)
         with_source = run[: last_source[source_of[j]] + 1]
         injected = {
             k: [t for t in with_source if t in plans[j].windows[k] and (k, t) in fired] for k in INJECTION_KINDS
         }
-        results.append(
-            EditResult(latents_out[j : j + 1].to("cpu", torch.float32), decoded[j], run, injected, entries[j])
-        )
+        frames_out = to_uint8_frames(backbone.decode_video(latents)) if decode else None
+        results.append(EditResult(latents.to("cpu", torch.float32), frames_out, run, injected, entries[j]))
     return results
 
 

@@ -387,8 +387,8 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                     todo = {v.name for v in specs if pair_id(key, v.name) not in done}
                     if not todo:
                         continue
-                    if not job.share_source:  # variants run alone: the done ones need not run again
-                        specs = [v for v in specs if v.name in todo]
+                    # a pair's bytes do not depend on the variants beside it: the done ones need not run again
+                    specs = [v for v in specs if v.name in todo]
                 variants = [variant_for_sample(spec, key, meta) for spec in specs]
                 for v in variants:
                     v.write = v.name in todo

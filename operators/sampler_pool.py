@@ -1,8 +1,9 @@
 """The injected I2V sampler actor pool: every variant of the batch's clips sampled from their inversions.
 
-All variants that share a schedule and latent shape go through the same UNet calls, each clip's
-variants sharing its source branch. If that fails (out of GPU memory, above all), each variant is
-retried alone, and one that still fails fails alone.
+All variants that share a schedule and latent shape are stepped together, each clip's variants
+sharing its source branch (every call's shape is fixed by one pair, so no output depends on its
+company). If that fails (out of GPU memory, above all), each variant is retried alone, and one that
+still fails fails alone.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class SamplerPool:
         for pairs in by_key.values():
             if self.share_source:
                 isolate_failures(pairs, run, fail)
-            else:  # every variant in its own calls: bit-identical to a one-clip run
+            else:  # every variant with a source branch of its own (the same bytes, more calls)
                 for pair in pairs:
                     isolate_failures([pair], run, fail)
         seconds = (time.perf_counter() - started) / max(1, sum(len(w.variants) for w in works))

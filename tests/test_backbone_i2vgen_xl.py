@@ -40,12 +40,13 @@ def test_compiled_unet_keeps_the_hooks_and_the_outputs(case_a):
     """torch.compile (dynamo tracing; the default inductor backend only changes the kernels) with the
     injection hooks switching on and off between calls: outputs equal the eager ones."""
     bb = load_backbone("i2vgen-xl", str(TINY_MODEL), device="cpu", dtype="float32")
-    # 4 steps, injecting in the first 2: two injection states, each compiled once and then reused
+    # 4 steps, injecting in the first 2: the source branch's call recording, the edit's call injecting,
+    # then the edit's call without injection; each compiled once and then reused
     settings = case_a.edit_settings(steps=4, pnp_conv=0.5, pnp_spatial=0.5, pnp_temporal=0.5)
     inversion = case_a.reference_inversion()
-    eager = edit(bb, inversion, case_a.edited, settings, trim_source=False, decode=False)
+    eager = edit(bb, inversion, case_a.edited, settings, decode=False)
     bb.compile(backend="eager")
-    compiled = edit(bb, inversion, case_a.edited, settings, trim_source=False, decode=False)
+    compiled = edit(bb, inversion, case_a.edited, settings, decode=False)
     assert compiled.injected == eager.injected and eager.injected["conv"] == [751, 501]
     assert eager.timesteps == [751, 501, 251, 1]
     assert rel_err(compiled.latents, eager.latents) < 1e-6
