@@ -69,3 +69,8 @@ def center_crop_wide(image: Image.Image, width: int, height: int) -> Image.Image
     x1 = (image.width - width) // 2
     y1 = (image.height - height) // 2
     return image.crop((x1, y1, x1 + width, y1 + height))
+
+
+def prepare_first_frame(frame, width: int, height: int) -> np.ndarray:
+    """The edited first frame at the clip size (LANCZOS, as the official script resizes it)."""
+    return fit_frame(as_rgb_array(frame), width, height, "stretch")

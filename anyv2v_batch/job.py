@@ -32,6 +32,7 @@ from anyv2v_batch.settings import (
 )
 from anyv2v_batch.templates import TemplateError, template_fields
 from anyv2v_batch.video_io import MAX_IMAGE_PIXELS
+from anyv2v_batch.windows import WindowLimits
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 SECTIONS = {"clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings, "window": WindowSettings}
@@ -113,6 +114,9 @@ class JobSpec:
     fingerprints: dict[str, tuple[str, str]] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
     scoring: tuple[str, str] = ("", "")  # (evaluate fingerprint, what scores: JSON), evaluation.scoring_identity
+    # filled in by the driver (pipelines/anyv2v_job.check_models): (backbone, model, window settings) -> the
+    # model's windows, so the decode tasks plan windows without importing any backbone
+    window_limits: dict[tuple[str, str | None, WindowSettings], WindowLimits] = field(default_factory=dict)
 
     def pool(self, name: str) -> PoolSpec:
         return self.pools.get(name, PoolSpec())

@@ -17,7 +17,7 @@ import torch
 
 from .backbones.base import Backbone, Branch
 from .errors import AnyV2VError
-from .imaging import as_rgb_array, fit_frame
+from .imaging import prepare_first_frame
 from .injection import FeatureInjector
 from .inversion import Inversion
 from .schedule import Schedule, missing_timestep_error, set_schedule
@@ -55,11 +55,6 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[1, 3, F, H, W] in [-1, 1] -> [F, H, W, 3] uint8 (as diffusers' postprocess rounds)."""
     x = ((video[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def prepare_first_frame(frame, width: int, height: int) -> np.ndarray:
-    """The edited first frame at the clip size (LANCZOS, as the official script resizes it)."""
-    return fit_frame(as_rgb_array(frame), width, height, "stretch")
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import AnyV2VError
 from .settings import ClipSettings, WindowSettings
+
+if TYPE_CHECKING:  # planning windows needs no torch (the decode tasks plan them)
+    import torch
 
 
 @dataclass(frozen=True)

@@ -4,30 +4,41 @@ running out of GPU memory."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
 
+_threads = 1  # this worker's CPU share, for torch's threads
+
 
 def start_worker(num_cpus: float) -> None:
     """Use this worker's CPU share for torch's threads: several processes with torch's default thread
-    count on one machine oversubscribe its cores and run many times slower."""
+    count on one machine oversubscribe its cores and run many times slower. Imports nothing: an actor
+    that loads no model (the `provided` editor, the window gather) never pays for torch's libraries."""
+    global _threads
+    _threads = max(1, int(num_cpus))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(_threads)
+
+
+def prepare_models() -> None:
+    """Before a worker loads models: torch on the worker's CPU share, the libraries' logs quiet."""
     import torch
 
     from anyv2v_batch.loading import quiet_libraries
 
-    threads = max(1, int(num_cpus))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(_threads)
     quiet_libraries()
 
 
 def worker_device(device: str) -> str:
     """'auto' inside an actor: the GPU Ray assigned to it, else the CPU."""
-    import torch
-
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -75,6 +86,7 @@ def load_job_backbones(job, compile: bool = False) -> dict:
     Loaded up front, so missing weights fail the actor at start and its memory use is known."""
     from anyv2v_batch.backbones import load_backbone
 
+    prepare_models()
     device = worker_device(job.device)
     loaded = {}
     for name, model in job.models():

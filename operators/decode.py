@@ -56,7 +56,7 @@ def decode_whole(row: dict[str, Any]) -> dict[str, Any]:
 
 def _decode(work: ClipWork, split: bool = True) -> list[ClipWork]:
     c, name = work.clip, f"{work.key}.{work.video_ext}"
-    limits = window_limits(work.backbone, work.model, work.window_settings)
+    limits = work.window_limits or window_limits(work.backbone, work.model, work.window_settings)
     total, truncated, seconds = c.frames, False, None
     if total == "all" or total > limits.max_frames:  # counted from the file's index: no frame decoded
         length = video_length(work.video, c.fps, c.max_frames + 1, name)

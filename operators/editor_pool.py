@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from anyv2v_batch.editors import FirstFrameEditor, SampleContext, load_editor
+from anyv2v_batch.editors import FirstFrameEditor, SampleContext, editor_class, load_editor
+from anyv2v_batch.imaging import prepare_first_frame
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.actor_base import start_worker, worker_device
+from anyv2v_batch.operators.actor_base import prepare_models, start_worker, worker_device
 from anyv2v_batch.operators.work import one_line
-from anyv2v_batch.pnp_edit import prepare_first_frame
 
 
 class EditorPool:
@@ -20,13 +20,14 @@ class EditorPool:
     def __init__(self, job: JobSpec, num_cpus: float = 1.0):
         start_worker(num_cpus)
         self.job = job
-        self.device = worker_device(job.device)
         self.editors: dict[str, FirstFrameEditor] = {}
 
     def editor(self, name: str) -> FirstFrameEditor:
         if name not in self.editors:
+            if editor_class(name).needs_gpu:  # an editor with models (not `provided`)
+                prepare_models()
             self.editors[name] = load_editor(
-                name, device=self.device, dtype=self.job.dtype,
+                name, device=worker_device(self.job.device), dtype=self.job.dtype,
                 accept_noncommercial_models=self.job.accept_noncommercial_models,
             )  # fmt: skip
         return self.editors[name]

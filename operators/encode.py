@@ -15,7 +15,6 @@ from typing import Any
 
 from anyv2v_batch import __version__
 from anyv2v_batch.evaluation import SCORE_COLUMNS
-from anyv2v_batch.inversion import inversion_to_bytes
 from anyv2v_batch.job import JobSpec
 from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line, work_inversion_id
 from anyv2v_batch.settings import recorded_fields
@@ -203,6 +202,8 @@ def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
 def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
     """flat_map (the `invert` job): a ClipWork with its inversion -> one stored entry
     `<key>.<inversion id>.safetensors` and its metadata row."""
+    from anyv2v_batch.inversion import inversion_to_bytes
+
     work: ClipWork = row["work"]
     inv_id = work_inversion_id(work)
     started = time.perf_counter()

@@ -408,6 +408,7 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                     model=model,
                     weights=weights,
                     window_settings=window,
+                    window_limits=job.window_limits.get((backbone, model, window)),
                 )
                 if not error and mode == "edit":  # the clip's inversion or its windows': decode picks
                     work.stored_entries = stored.entries(key, lambda _: True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from anyv2v_batch.evaluation import EvaluateSettings
 from anyv2v_batch.job import JobSpec
-from anyv2v_batch.operators.actor_base import isolate_failures, start_worker, worker_device
+from anyv2v_batch.operators.actor_base import isolate_failures, prepare_models, start_worker, worker_device
 from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line
 from anyv2v_batch.video_io import encode_mp4, read_video
 
@@ -50,6 +50,7 @@ class ScorerPool:
         from anyv2v_batch.scores import Scorer
 
         start_worker(num_cpus)
+        prepare_models()
         self.settings = job.evaluate
         self.scorer = Scorer(
             job.evaluate.model, device=worker_device(job.device), dtype=job.evaluate.dtype,

@@ -11,16 +11,18 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anyv2v_batch.errors import AnyV2VError
-from anyv2v_batch.inversion import Inversion
 from anyv2v_batch.job import EditorSpec, JobSpec, VariantSpec
 from anyv2v_batch.settings import ClipSettings, EditSettings, InversionSettings, WindowSettings, recorded_fields
 from anyv2v_batch.templates import TemplateError, fill, template_fields
-from anyv2v_batch.windows import Window, window_clip
+from anyv2v_batch.windows import Window, WindowLimits, window_clip
+
+if TYPE_CHECKING:  # the inversion (torch tensors) is unpickled where it is used; reading shards needs no torch
+    from anyv2v_batch.inversion import Inversion
 
 
 @dataclass
@@ -72,6 +74,7 @@ class ClipWork:
     weights: str = ""  # the model's weights identity (part of the stored inversion's name)
     # clips longer than one window (anyv2v_batch/windows.py), filled in by the decode stage
     window_settings: WindowSettings = WindowSettings()
+    window_limits: WindowLimits | None = None  # the model's windows with these settings (known to the driver)
     total: int = 0  # the clip's frame count (clip.frames, or what "all" came to)
     truncated: bool = False  # cut to clip.max_frames
     plan: tuple[Window, ...] = ()

@@ -181,6 +181,15 @@ def check_models(job: JobSpec) -> None:
             raise AnyV2VError(f"variant {v.name!r}: {e}") from None
 
 
+def with_window_limits(job: JobSpec) -> JobSpec:
+    """The job with each variant's window limits, read from the models' configs here in the driver (the
+    decode tasks then import no backbone)."""
+    from anyv2v_batch.operators.decode import window_limits
+
+    limits = {(v.backbone, v.model, v.window): window_limits(v.backbone, v.model, v.window) for v in job.variants}
+    return dataclasses.replace(job, window_limits=limits)
+
+
 def may_window(job: JobSpec) -> bool:
     """Whether a clip of the job can have several windows (then the gather stage joins them)."""
     from anyv2v_batch.operators.decode import window_limits
@@ -368,7 +377,7 @@ def run_job(
     output = job_output(job, mode)
     shards = input_shards(job)  # bad inputs fail here, before anything is written
     check_writable(output, "output" if mode == "edit" else "inversions store")
-    job = job_fingerprints(job)
+    job = with_window_limits(job_fingerprints(job))
     with OutputLock(output):
         return _run_locked(job, shards, output, log, mode, started, display)
 
