@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -24,7 +25,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "fixtures" / "anyv2v-reference" / "tiny-i2vgen-xl"
+TINY = (
+    Path(os.environ.get("ANYV2V_SHARED_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+    / "anyv2v-reference"
+    / "tiny-i2vgen-xl"
+)  # the shared recordings' tiny model (../shared/fixtures beside the checkout)
 STAGES = ("read", "decode", "editor", "inversion", "sampler", "scorer", "encode")
 
 

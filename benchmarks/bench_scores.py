@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -35,7 +36,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_I2VGEN_XL = ROOT / "tests" / "fixtures" / "anyv2v-reference" / "tiny-i2vgen-xl"
+TINY_I2VGEN_XL = (
+    Path(os.environ.get("ANYV2V_SHARED_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+    / "anyv2v-reference"
+    / "tiny-i2vgen-xl"
+)  # the shared recordings' tiny model (../shared/fixtures beside the checkout)
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 

@@ -6,6 +6,10 @@
 #   bash benchmarks/gpu.sh backbones      # I2VGen-XL, ConsistI2V, SEINE: float16, one clip per call
 #   bash benchmarks/gpu.sh i2vgen-xl      # I2VGen-XL: float16 and bfloat16, 1-4 clips per call
 #   bash benchmarks/gpu.sh compile        # I2VGen-XL with torch.compile
+# The tokenizers, scheduler configs and manifests come from the shared recordings (../shared/fixtures). A lent
+# GPU machine gets only the repository: copy them without weights into .shared/ (git-ignored) and name it
+# in the device tool's `carry`:
+#   rsync -a --exclude '*.safetensors' --exclude '*.bin' --exclude '*.pt' ../shared/fixtures/ .shared/fixtures/
 # The same commands on the CPU, shrunk (64x64, 10 inversion / 5 sampling steps, one clip, bfloat16, no compile):
 # checks the code path end to end, measures nothing. THREADS (default 1) sets the CPU threads.
 #   bash benchmarks/gpu.sh --smoke [part ...]

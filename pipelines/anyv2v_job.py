@@ -54,6 +54,8 @@ class JobSummary:
         )
 
     def utilisation_line(self) -> str:
+        if not self.utilisation:
+            return "pool utilisation: no actors ran (nothing to do)"
         parts = [f"{n} {self.utilisation[n]:.0%} of {self.pool_sizes[n]}" for n in GPU_POOLS if n in self.utilisation]
         return "pool utilisation (busy share of actor time): " + ", ".join(parts)
 
@@ -414,6 +416,17 @@ def _run_locked(
     unit = "(clip, variant) pairs" if mode == "edit" else "clip inversions"
     total = pending_total(items, job, mode)
     log(f"{len(items)} input shards; {done_before} {unit} already done in {output}; {total} to do")
+    wanted = {i["shard_id"] for i in items}
+    if total == 0:  # every pair is done: no pipeline, no actors (a finished job reruns in seconds)
+        for sid in sorted(shards_with_parts(output) & wanted):  # a killed run's finished pairs
+            compact_shard(output, sid)
+        remove_if_empty(join(output, "_parts"))
+        progress = JobProgress(
+            0, output, {}, unit="pairs" if mode == "edit" else "inversions", done_before=done_before, display=display
+        )
+        with progress.running():
+            pass
+        return JobSummary(output, unit, len(items), done_before, 0, 0, 0, time.perf_counter() - started, [])
     init_ray(job)
     pools = resolve_pools(job)
     sizes = {n: pools[n].size for n in GPU_POOLS if n in pools and (mode == "edit" or n == "inversion")}
@@ -432,7 +445,6 @@ def _run_locked(
                 examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
         wall = time.perf_counter() - streamed
         compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
-        wanted = {i["shard_id"] for i in items}
         ray.get([compact.remote(output, sid) for sid in sorted(shards_with_parts(output) & wanted)])
         remove_if_empty(join(output, "_parts"))
     return JobSummary(

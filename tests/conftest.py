@@ -22,11 +22,25 @@ from PIL import Image  # noqa: E402
 # descheduled one (up to 6x slower); subprocesses and Ray actors set their own share
 torch.set_num_threads(1)
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY_MODEL = FIXTURES / "anyv2v-reference" / "tiny-i2vgen-xl"
-CASE_DIRS = {"case-a": FIXTURES / "anyv2v-reference" / "case-a"} | {
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"  # the recordings made for this project (tools/reference/)
+# the shared recordings, kept once beside the checkout (`../shared/fixtures`, as CI and every session lay it
+# out; ANYV2V_SHARED_FIXTURES names another place): the tiny I2VGen-XL, ConsistI2V and SEINE models with the
+# official AnyV2V runs on them (made by ../shared/tools), and the KubeRay schemas (../shared/schemas)
+SHARED = Path(os.environ.get("ANYV2V_SHARED_FIXTURES") or REPO.parent / "shared" / "fixtures")
+SCHEMAS = SHARED.parent / "schemas"
+TINY_MODEL = SHARED / "anyv2v-reference" / "tiny-i2vgen-xl"
+CASE_DIRS = {"case-a": SHARED / "anyv2v-reference" / "case-a"} | {
     p.name: p for p in sorted((FIXTURES / "i2vgen-xl-cases").iterdir()) if p.is_dir()
 }
+
+
+def pytest_configure(config):
+    if not (SHARED / "anyv2v-reference").is_dir():
+        raise pytest.UsageError(
+            f"the shared recordings are not at {SHARED}: lay the project's shared/ folder beside the checkout "
+            "(../shared) or set ANYV2V_SHARED_FIXTURES to its fixtures/ folder"
+        )
 
 
 def load_frames(folder: Path) -> np.ndarray:
@@ -73,11 +87,17 @@ class ReferenceCase:
         )
         return EditSettings(**(values | overrides))
 
+    @property
+    def recorded_inversion_timesteps(self) -> list[int]:
+        """The timesteps whose inverted latents the recording holds: every one, or in a slim recording
+        (tools/reference/slim.py) the sampling timesteps and the inversion's first, middle and last."""
+        return self.case.get("inverted_timesteps", self.case["inversion_timesteps"])
+
     def reference_inversion(self):
-        """The official inverted latents as our `Inversion` value."""
+        """The official inverted latents (those recorded) as our `Inversion` value."""
         from anyv2v_batch import Inversion
 
-        ts = tuple(self.case["inversion_timesteps"])
+        ts = tuple(self.recorded_inversion_timesteps)
         return Inversion(
             backbone="i2vgen-xl",
             timesteps=ts,
@@ -104,14 +124,38 @@ def tiny_backbone():
     return load_backbone("i2vgen-xl", str(TINY_MODEL), device="cpu", dtype="float32")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray instance of its own for one test module (never another instance on this machine)."""
+# modules that start a Ray of their own (S3 variables in its workers' environment, a plug-in on their path,
+# a multi-node cluster): they run last, so the shared instance below starts once
+OWN_RAY_MODULES = ("test_editor_plugin.py", "test_faults.py", "test_object_store.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name in OWN_RAY_MODULES)  # stable: the order is kept otherwise
+
+
+def stop_shared_ray() -> None:
+    """For a module that needs a Ray instance of its own: the shared one stops first."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
     yield
-    ray.shutdown()
+    stop_shared_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_local(ray_session):
+    """One local Ray instance shared by every module that needs nothing special of it: started on first use
+    and kept (a Ray start is seconds of both cores); "local": never another instance on this machine."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,9 @@ def stage_errors(backbone, rc: ReferenceCase) -> dict:
     )
     seconds_inversion = time.perf_counter() - t0
     assert sorted(inverted) == c["inversion_timesteps"]
-    errors["inverted (worst timestep)"] = max(rel_err(inverted[t], ref[f"inverted/{t}"]) for t in inverted)
+    errors["inverted (worst timestep)"] = max(
+        rel_err(inverted[t], ref[f"inverted/{t}"]) for t in rc.recorded_inversion_timesteps
+    )
 
     entering: dict[tuple[int, int], torch.Tensor] = {}
     t0 = time.perf_counter()

@@ -9,15 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import FIXTURES, TINY_MODEL, moving_clip
+from conftest import SHARED, TINY_MODEL, moving_clip
 from shards import mp4, png, read_tar, recolor, write_shard
 
 from anyv2v_batch.cli import main
 from anyv2v_batch.operators.work import derive_seed, inversion_id
 from anyv2v_batch.settings import ClipSettings, InversionSettings
 
-CONSISTI2V = FIXTURES / "consisti2v-reference" / "tiny-consisti2v"
-SEINE = FIXTURES / "seine-reference" / "tiny-seine"
+CONSISTI2V = SHARED / "consisti2v-reference" / "tiny-consisti2v"
+SEINE = SHARED / "seine-reference" / "tiny-seine"
 # per variant: backbone, model, geometry each tiny model accepts, and the one-clip command's flags
 VARIANTS = {
     "i2v": (
@@ -68,18 +68,12 @@ def write_job(root: Path, variants: list[dict], frames: int = 8) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mixed_run(tmp_path_factory):
-    import ray
-
+def mixed_run(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
     clip = moving_clip(8, 64, 64, seed=3)
     write_shard(root / "shards" / "000000.tar", [("c0.mp4", mp4(clip)), ("c0.edited.png", png(recolor(clip[0])))])
     path = write_job(root, [{"name": name, **spec} for name, (spec, _) in VARIANTS.items()])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        code, said = run_cli(["run", path])
-    finally:
-        ray.shutdown()
+    code, said = run_cli(["run", path])
     return root, code, said
 
 

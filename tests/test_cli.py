@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, TINY_MODEL, moving_clip
+from conftest import SHARED, TINY_MODEL, moving_clip
 from PIL import Image
 
 from anyv2v_batch.cli import main
@@ -244,7 +244,7 @@ def test_convert_seine_writes_a_folder_without_pickles(files, capsys):
 
     from anyv2v_batch.backbones.seine_unet import load_seine_checkpoint
 
-    tiny = FIXTURES / "seine-reference" / "tiny-seine"
+    tiny = SHARED / "seine-reference" / "tiny-seine"
     argv = ["convert-seine", "--checkpoint", tiny / "seine.pt", "--sd-model", tiny, "-o", files / "s"]
     code, err = run_cli(argv, capsys)
     assert code == 0, err

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, rel_err
+from conftest import SHARED, rel_err
 from diffusers import DDIMInverseScheduler
 from safetensors.torch import load_file
 
@@ -23,7 +23,7 @@ from anyv2v_batch.backbones.consisti2v_unet import (
 
 torch.set_num_threads(1)
 
-REF_DIR = FIXTURES / "consisti2v-reference"
+REF_DIR = SHARED / "consisti2v-reference"
 TINY = REF_DIR / "tiny-consisti2v"
 REF_T = 901  # the edit's first timestep in case-a
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -19,7 +20,7 @@ from anyv2v_batch.convert import convert_seine
 
 torch.set_num_threads(1)
 
-TINY = Path(__file__).parent / "fixtures" / "seine-reference" / "tiny-seine"
+TINY = SHARED / "seine-reference" / "tiny-seine"
 CHECKPOINT = TINY / "seine.pt"
 
 

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_MODEL, moving_clip
+from conftest import TINY_MODEL, moving_clip, stop_shared_ray
 from shards import image, mp4, read_tar, write_shard
 
 from anyv2v_batch.job import build_job
@@ -88,6 +88,7 @@ def test_plugin_runs_in_a_job_and_fails_one_sample_only(plugin_site, tmp_path):
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
     })  # fmt: skip
     sys.path.insert(0, str(plugin_site))  # the driver resolves the editor by name too
+    stop_shared_ray()  # the plug-in's path goes into this instance's runtime environment
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(plugin_site)}})  # fmt: skip
     try:

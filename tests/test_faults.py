@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import TINY_MODEL, moving_clip
+from conftest import TINY_MODEL, moving_clip, stop_shared_ray
 from shards import mp4, png, read_tar, recolor, write_shard
 
 from anyv2v_batch.job import load_job
@@ -171,6 +171,7 @@ def cluster(plugin_site):
 
     # the head runs no work, so whatever a test finds running is on a worker node it may remove; each
     # worker alone still fits every actor of the job
+    stop_shared_ray()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=3) for _ in range(2)]
     cluster.wait_for_nodes()

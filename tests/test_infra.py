@@ -23,12 +23,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 import pytest
 import yaml
+from conftest import SCHEMAS
 
 from anyv2v_batch.job import JobError, JobSpec, load_job, parse_set
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
-KUBERAY_SCHEMAS = Path(__file__).resolve().parent / "fixtures" / "kuberay-v1.7.0"
+KUBERAY_SCHEMAS = SCHEMAS / "kuberay-v1.7.0"
 KUBERAY_KINDS = ("RayJob", "RayCronJob", "RayCluster")
 EXPECTED_FILES = {
     "rayjob.yaml", "raycronjob.yaml", "raycluster.yaml", "cronjob-submit.yaml", "models.yaml", "cluster.yaml",

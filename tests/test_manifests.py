@@ -23,15 +23,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED
 from diffusers import AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel
 
 torch.set_num_threads(1)
 
-FIXTURES = Path(__file__).parent / "fixtures"
-CONSISTI2V_MANIFEST = FIXTURES / "consisti2v-reference" / "MANIFEST-full.json"
-SEINE_MANIFEST = FIXTURES / "seine-reference" / "MANIFEST-full.json"
-TINY_SEINE = FIXTURES / "seine-reference" / "tiny-seine"
+CONSISTI2V_MANIFEST = SHARED / "consisti2v-reference" / "MANIFEST-full.json"
+SEINE_MANIFEST = SHARED / "seine-reference" / "MANIFEST-full.json"
+TINY_SEINE = SHARED / "seine-reference" / "tiny-seine"
 
 # The SEINE manifest records no VAE / text-encoder configs (its note: "SD-1.4's published configs"), so
 # here are those: CompVis/stable-diffusion-v1-4 vae/config.json and text_encoder/config.json (the keys that

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL, moving_clip
+from conftest import TINY_MODEL, moving_clip, stop_shared_ray
 from s3_server import S3Server
 from shards import mp4, png, read_tar, recolor, write_shard
 
@@ -52,7 +52,7 @@ def s3():
 def ray_address(s3):
     import ray
 
-    assert not ray.is_initialized(), "another test module left Ray running"
+    stop_shared_ray()
     # started after the S3 variables are set: its workers inherit them, and so do drivers started later
     # "local": a new instance of our own, never one another process on this machine started
     context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")

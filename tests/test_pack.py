@@ -336,16 +336,6 @@ def test_nothing_readable_is_an_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    # "local": a new instance even when /tmp/ray names another cluster (tests on this machine share /tmp)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def test_the_job_edits_every_packed_sample(ray_local, tmp_path):
     """pack -> run (--editor provided --prompt '{caption}'): an ok row for every packed sample."""
     from anyv2v_batch.job import load_job

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FIXTURES, ReferenceCase, rel_err
+from conftest import FIXTURES, SHARED, ReferenceCase, rel_err
 
 from anyv2v_batch import EditSettings, Inversion, InversionSettings, edit, invert
 from anyv2v_batch.inversion import inversion_branches
 from anyv2v_batch.pnp_edit import edit_branches, prepare_first_frame
 
 TOLERANCE = 1e-4
-ROOT = FIXTURES / "consisti2v-reference"
+ROOT = SHARED / "consisti2v-reference"
 # case-a: the shared fixture; further cases recorded the same way (tools/reference/consisti2v/)
 CASES = [ROOT / "case-a"] + sorted(p for p in (FIXTURES / "consisti2v-cases").glob("case-*") if p.is_dir())
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, ReferenceCase, rel_err
+from conftest import FIXTURES, SHARED, ReferenceCase, rel_err
 
 from anyv2v_batch import EditSettings, Inversion, InversionSettings, edit, invert
 from anyv2v_batch.inversion import inversion_branches
 from anyv2v_batch.pnp_edit import edit_branches, plan_sampling, prepare_first_frame, to_uint8_batch
 
 TOLERANCE = 1e-4
-ROOT = FIXTURES / "seine-reference"
+ROOT = SHARED / "seine-reference"
 # case-a: the shared fixture; further cases recorded the same way (tools/reference/seine/)
 CASES = [ROOT / "case-a"] + sorted(p for p in (FIXTURES / "seine-cases").glob("case-*") if p.is_dir())
 

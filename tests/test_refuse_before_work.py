@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURES, TINY_MODEL, moving_clip
+from conftest import SHARED, TINY_MODEL, moving_clip
 from shards import mp4, png, recolor, write_shard
 
 from anyv2v_batch.cli import main
@@ -21,7 +21,7 @@ from anyv2v_batch.pnp_edit import check_step_plan, plan_schedule
 from anyv2v_batch.schedule import Schedule, SEINESchedule
 from anyv2v_batch.settings import EditSettings, InversionSettings
 
-TINY_SEINE = FIXTURES / "seine-reference" / "tiny-seine"
+TINY_SEINE = SHARED / "seine-reference" / "tiny-seine"
 
 
 def configs_only(root: Path, model: Path, name: str) -> Path:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED
 from diffusers.models.attention_processor import AttnProcessor2_0
 from safetensors.torch import load_file
 
@@ -27,7 +27,7 @@ from anyv2v_batch.backbones.seine_unet import (
 
 torch.set_num_threads(1)
 
-FIXTURE = Path(__file__).parent / "fixtures" / "seine-reference"
+FIXTURE = SHARED / "seine-reference"
 TINY = FIXTURE / "tiny-seine"
 CASE = FIXTURE / "case-a"
 

@@ -55,7 +55,7 @@ TEMPORAL_POSITIONS: tuple[str, ...] = tuple(
 
 # The full-size model (TIGER-Lab/ConsistI2V): the SD-2.1-base UNet config plus ConsistI2V's inference options
 # (`configs/inference/inference.yaml`), as `tools/reference/consisti2v/build_manifest_consisti2v.py` builds it for
-# `tests/fixtures/consisti2v-reference/MANIFEST-full.json`. The hub's own `unet/config.json` could not be read here.
+# `../shared/fixtures/consisti2v-reference/MANIFEST-full.json`. The hub's own `unet/config.json` could not be read here.
 CONSISTI2V_FULL_CONFIG: dict = {
     "sample_size": 64,
     "in_channels": 4,
