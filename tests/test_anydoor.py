@@ -225,6 +225,7 @@ def loop_cases() -> list[str]:
 
 
 @pytest.mark.parametrize("name", loop_cases())
+@pytest.mark.slow
 def test_the_whole_loop_matches_from_the_start_noise(model, name):
     """Our loop from the recorded start noise: the input of every recorded step and the final latent."""
     case = Case(name)

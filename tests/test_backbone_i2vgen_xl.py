@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from conftest import TINY_MODEL, rel_err
 
@@ -26,6 +27,7 @@ def test_condition_orders_branches_and_zeroes_the_negative_image_embedding(tiny_
     assert torch.equal(alone["encoder_hidden_states"][0], cond["encoder_hidden_states"][2])
 
 
+@pytest.mark.slow
 def test_bfloat16_runs_in_bfloat16_with_a_float32_vae(case_a):
     bb = load_backbone("i2vgen-xl", str(TINY_MODEL), device="cpu", dtype="bfloat16")
     assert bb.unet.dtype == bb.text_encoder.dtype == bb.image_encoder.dtype == torch.bfloat16
@@ -36,6 +38,7 @@ def test_bfloat16_runs_in_bfloat16_with_a_float32_vae(case_a):
     assert 1e-4 < err < 0.3  # really reduced precision, and still the same edit
 
 
+@pytest.mark.slow
 def test_compiled_unet_keeps_the_hooks_and_the_outputs(case_a):
     """torch.compile (dynamo tracing; the default inductor backend only changes the kernels) with the
     injection hooks switching on and off between calls: outputs equal the eager ones."""

@@ -56,6 +56,7 @@ def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_edit_writes_the_same_frames_as_the_api(files, capsys, tiny_backbone):
     from anyv2v_batch import EditSettings, InversionSettings, edit, invert
 
@@ -83,6 +84,7 @@ def test_edit_writes_the_same_frames_as_the_api(files, capsys, tiny_backbone):
     assert np.array_equal(written, expected)
 
 
+@pytest.mark.slow
 def test_edit_mp4_out_and_frame_folder_in(files, capsys, tiny_clip):
     from anyv2v_batch.imaging import fit_frame
     from anyv2v_batch.scores import Scorer
@@ -188,6 +190,7 @@ def test_bad_input_is_one_line_nonzero_and_leaves_everything_as_it_was(files, ca
     assert digest(files) == before  # inputs untouched, no output, no temporary files
 
 
+@pytest.mark.slow
 def test_missing_weights_offline_in_a_real_process(files):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(files / "hf-home"))
     proc = subprocess.run(

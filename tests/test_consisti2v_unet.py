@@ -56,6 +56,7 @@ def test_loads_the_official_checkpoint_without_missing_or_unexpected_keys():
     assert model.config.n_frames == 8 and not model.training
 
 
+@pytest.mark.slow
 def test_ddim_inversion_matches_the_official_stage_by_stage(unet, ref):
     """diffusers' DDIMInverseScheduler steps like AnyV2V's vendored one (leading spacing, set_alpha_to_one), so the
     official inversion (100 steps, cfg 1) is one UNet call per stored stage."""

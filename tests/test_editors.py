@@ -144,6 +144,7 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
     return e.value.code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_edit_frame_and_edit_with_an_editor(tiny_pix2pix, vgg_weights, tmp_path, capsys):
     write_video(tmp_path / "src.mp4", moving_clip(12, 32, 32), 8)
     Image.fromarray(FRAME).save(tmp_path / "style.png")

@@ -37,6 +37,7 @@ def test_official_positions_exist_and_are_counted_right(tiny_backbone):
         FeatureInjector(tiny_backbone.unet, {"conv": ("up_blocks.9.resnets.0.conv2",)})
 
 
+@pytest.mark.slow
 def test_hooks_are_gone_after_the_block(tiny_backbone, case_a):
     inv = case_a.reference_inversion()
     settings = case_a.edit_settings()
@@ -48,6 +49,7 @@ def test_hooks_are_gone_after_the_block(tiny_backbone, case_a):
     assert torch.equal(before, after)
 
 
+@pytest.mark.slow
 def test_fractions_zero_equal_plain_sampling_from_the_inverted_latent(tiny_backbone, case_a):
     inv = case_a.reference_inversion()
     zero = case_a.edit_settings(pnp_conv=0.0, pnp_spatial=0.0, pnp_temporal=0.0)
@@ -64,6 +66,7 @@ def test_fractions_zero_equal_plain_sampling_from_the_inverted_latent(tiny_backb
     )
 
 
+@pytest.mark.slow
 def test_dropping_the_source_branch_after_the_last_injection_changes_nothing(tiny_backbone, case_a):
     inv = case_a.reference_inversion()
     trimmed = edit(tiny_backbone, inv, case_a.edited, case_a.edit_settings(), decode=False)
@@ -73,6 +76,7 @@ def test_dropping_the_source_branch_after_the_last_injection_changes_nothing(tin
     assert trimmed.unet_batch_entries == 5 * 3 + 5 * 2 and full.unet_batch_entries == 30
 
 
+@pytest.mark.slow
 def test_unedited_frame_full_injection_reproduces_the_ddim_reconstruction(tiny_backbone, case_a):
     """With the source frame, the inversion prompt, guidance 1 and every fraction 1, the editing branch
     gets exactly the source branch's inputs, so injection must be a no-op: the edit is the plain DDIM
@@ -146,6 +150,7 @@ def test_schedules_the_inversion_cannot_serve_are_refused_before_work(tiny_backb
         invert(tiny_backbone, case_a.frames[:4], InversionSettings(steps=1000), fps=8)
 
 
+@pytest.mark.slow
 def test_variants_share_one_source_branch_and_clips_share_calls(tiny_backbone, case_a):
     """[source, neg1, edit1, edit2 (guidance 1), neg3, edit3] for one clip plus a second clip, all in the
     same UNet calls: every result equals its edit alone, at fewer batch entries."""
@@ -169,6 +174,7 @@ def test_variants_share_one_source_branch_and_clips_share_calls(tiny_backbone, c
     assert rel_err(together[0].latents, together[3].latents) > 0.01  # different clips stay different
 
 
+@pytest.mark.slow
 def test_clips_inverted_together_equal_each_alone(tiny_backbone, case_a):
     from anyv2v_batch.inversion import invert_batch
 

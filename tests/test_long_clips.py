@@ -19,6 +19,8 @@ from anyv2v_batch.settings import WindowSettings
 from anyv2v_batch.video_io import read_frame_folder, read_video, write_video
 from anyv2v_batch.windows import plan_windows, window_seed
 
+pytestmark = pytest.mark.slow  # whole sampling loops against the recordings
+
 STEPS = ["--inversion-steps", "5", "--steps", "5", "--device", "cpu", "--model", str(TINY_MODEL)]
 SIZE = ["--width", "32", "--height", "32"]
 INVERSION = InversionSettings(steps=5)

@@ -52,6 +52,7 @@ def oom_above(limit: int, backbone):
     return predict
 
 
+@pytest.mark.slow
 def test_a_batch_of_clips_equals_the_clips_alone(pools):
     inversion_pool, sampler_pool = pools
     together = [clip_work("k0", 0), clip_work("k1", 1)]
@@ -84,6 +85,7 @@ def oom_while_inverting(clip: np.ndarray, backbone):
     return encode_video, predict
 
 
+@pytest.mark.slow
 def test_out_of_memory_retries_alone_then_fails_only_what_does_not_fit(pools, monkeypatch):
     inversion_pool, sampler_pool = pools
     works = [clip_work("k0", 0), clip_work("k1", 1), clip_work("k2", 2)]

@@ -13,6 +13,8 @@ from anyv2v_batch import EditSettings, Inversion, InversionSettings, edit, inver
 from anyv2v_batch.inversion import inversion_branches
 from anyv2v_batch.pnp_edit import edit_branches, prepare_first_frame
 
+pytestmark = pytest.mark.slow  # whole sampling loops against the recordings
+
 TOLERANCE = 1e-4
 ROOT = SHARED / "consisti2v-reference"
 # case-a: the shared fixture; further cases recorded the same way (tools/reference/consisti2v/)

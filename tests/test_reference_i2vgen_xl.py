@@ -13,6 +13,8 @@ import pytest
 from conftest import CASE_DIRS, ReferenceCase, rel_err
 from reference_stages import stage_errors
 
+pytestmark = pytest.mark.slow  # whole sampling loops against the recordings
+
 TOLERANCE = 1e-4
 
 

@@ -185,6 +185,7 @@ def test_normal_runs_draw_the_noise_from_the_seeded_generator(backbone, case):
     assert torch.equal(a, b) and rel_err(c.latents, a) > 1e-3
 
 
+@pytest.mark.slow
 def test_end_to_end_from_frames(backbone, case):
     """Our own encoding -> inversion -> edit (reference noise) -> decode, within tolerance."""
     inversion = invert(backbone, case.frames, case.inversion_settings())

@@ -87,6 +87,7 @@ def invert(unet, x, cond, text, steps, saved):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_first_inversion_call(unet, ref):
     first = ref["inversion/unet_input_first"]  # [1, 9, 8, 8, 8]: latent, mask, masked source
     assert torch.equal(first[:, :4], ref["video_latents_0"])
@@ -95,6 +96,7 @@ def test_first_inversion_call(unet, ref):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_inversion_chain(unet, ref, case):
     saved = case["inversion_saved_timesteps"]  # 1, 21, ..., 981: the 50-step grid inside the 100-step one
     assert saved == inversion_timesteps(case["n_save_steps"])

@@ -148,6 +148,7 @@ def test_frames_all_is_counted_from_the_index_and_a_window_decodes_only_its_fram
         read_video(io.BytesIO(data), 16, 8, 32, 32, start=30)
 
 
+@pytest.mark.slow
 def test_decoding_a_long_source_holds_one_window_at_a_time(tmp_path):
     """Peak memory of the decode stage on a 25 s source (600 frames, 320x240 at 24 fps: 132 MiB of frames)
     edited whole (`frames: all` at 8 fps: 200 frames) in windows of 16: about one window's decoding, never
