@@ -38,18 +38,54 @@ def test_bfloat16_runs_in_bfloat16_with_a_float32_vae(case_a):
     assert 1e-4 < err < 0.3  # really reduced precision, and still the same edit
 
 
+def two_level_model(folder):
+    """The tiny I2VGen-XL with a two-level UNet of the same class (one ResNet per down block): dynamo
+    traces a graph in a third of the time. Its injection positions follow the official naming."""
+    import json
+
+    from diffusers import I2VGenXLUNet
+
+    folder.mkdir()
+    for part in TINY_MODEL.iterdir():
+        if part.name != "unet":
+            (folder / part.name).symlink_to(part)
+    config = json.loads((TINY_MODEL / "unet" / "config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")} | {
+        "block_out_channels": [16, 32],
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+        "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"],
+    }
+    torch.manual_seed(0)
+    I2VGenXLUNet(**config).save_pretrained(folder / "unet")
+
+    def qk(kind: str) -> tuple[str, ...]:
+        return tuple(f"up_blocks.1.{kind}.{i}.transformer_blocks.0.attn1.{p}" for i in (0, 1) for p in ("to_q", "to_k"))
+
+    positions = {
+        "conv": ("up_blocks.1.resnets.1.conv2",),
+        "spatial": qk("attentions"),
+        "temporal": qk("temp_attentions"),
+    }
+    return folder, positions
+
+
 @pytest.mark.slow
-def test_compiled_unet_keeps_the_hooks_and_the_outputs(case_a):
+def test_compiled_unet_keeps_the_hooks_and_the_outputs(case_a, tmp_path):
     """torch.compile (dynamo tracing; the default inductor backend only changes the kernels) with the
     injection hooks switching on and off between calls: outputs equal the eager ones."""
-    bb = load_backbone("i2vgen-xl", str(TINY_MODEL), device="cpu", dtype="float32")
+    model, positions = two_level_model(tmp_path / "model")
+    bb = load_backbone("i2vgen-xl", str(model), device="cpu", dtype="float32")
     # 4 steps, injecting in the first 2: the source branch's call recording, the edit's call injecting,
     # then the edit's call without injection; each compiled once and then reused
     settings = case_a.edit_settings(steps=4, pnp_conv=0.5, pnp_spatial=0.5, pnp_temporal=0.5)
     inversion = case_a.reference_inversion()
-    eager = edit(bb, inversion, case_a.edited, settings, decode=False)
+    eager = edit(bb, inversion, case_a.edited, settings, decode=False, positions=positions)
     bb.compile(backend="eager")
-    compiled = edit(bb, inversion, case_a.edited, settings, decode=False)
+    compiled = edit(bb, inversion, case_a.edited, settings, decode=False, positions=positions)
     assert compiled.injected == eager.injected and eager.injected["conv"] == [751, 501]
     assert eager.timesteps == [751, 501, 251, 1]
     assert rel_err(compiled.latents, eager.latents) < 1e-6
+    # and the injection is seen: without it the edit is another one
+    plain = edit(bb, inversion, case_a.edited, settings, decode=False, inject=False, positions=positions)
+    assert rel_err(plain.latents, eager.latents) > 1e-3

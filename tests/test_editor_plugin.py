@@ -84,7 +84,7 @@ def test_plugin_runs_in_a_job_and_fails_one_sample_only(plugin_site, tmp_path):
     job = build_job({
         "input": str(tmp_path / "in" / "000.tar"), "output": str(tmp_path / "out"), "model": str(TINY_MODEL),
         "device": "cpu", "editor": "flip", "clip": {"frames": 6, "width": 32, "height": 32},
-        "inversion": {"steps": 5}, "edit": {"steps": 5, "prompt": "mirrored"},
+        "inversion": {"steps": 2}, "edit": {"steps": 2, "prompt": "mirrored"},
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
     })  # fmt: skip
     sys.path.insert(0, str(plugin_site))  # the driver resolves the editor by name too

@@ -202,7 +202,7 @@ def inputs(tmp_path_factory):
 def job_yaml(root: Path, out: str, gate: Gate, address: str | None = None) -> Path:
     job = {
         "input": str(root / "in" / "*.tar"), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
-        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 5}, "edit": {"steps": 5},
+        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 2}, "edit": {"steps": 2},
         "editor": {"name": "gate", "options": {"dir": str(gate.folder)}},
         "variants": [{"name": "plain", "prompt": "{caption}"}, {"name": "snow", "prompt": "{caption}, snow"}],
         "pools": {

@@ -159,12 +159,15 @@ def test_variants_share_one_source_branch_and_clips_share_calls(tiny_backbone, c
     inv = case_a.reference_inversion()
     other = Inversion("i2vgen-xl", inv.timesteps, inv.latents.flip(-1).contiguous(), case_a.frames[3], 8.0,
                       inv.settings)  # fmt: skip
+    steps = 5  # of the 100-step inversion's grid; what runs together does not depend on the step count
     variants = [
-        (inv, case_a.edited, case_a.edit_settings()),
-        (inv, case_a.frames[0], case_a.edit_settings(guidance_scale=1.0, pnp_conv=0.5, prompt="a cat", seed=3)),
-        (inv, case_a.edited[::-1], case_a.edit_settings(guidance_scale=5.0, pnp_temporal=0.0, eta=0.5, seed=4)),
-        (other, case_a.edited, case_a.edit_settings(pnp_spatial=0.6)),
-    ]
+        (inv, case_a.edited, case_a.edit_settings(steps=steps)),
+        (inv, case_a.frames[0],
+         case_a.edit_settings(steps=steps, guidance_scale=1.0, pnp_conv=0.5, prompt="a cat", seed=3)),
+        (inv, case_a.edited[::-1],
+         case_a.edit_settings(steps=steps, guidance_scale=5.0, pnp_temporal=0.0, eta=0.5, seed=4)),
+        (other, case_a.edited, case_a.edit_settings(steps=steps, pnp_spatial=0.6)),
+    ]  # fmt: skip
     alone = [edit(tiny_backbone, i, f, s, decode=False) for i, f, s in variants]
     together = edit_batch(tiny_backbone, [EditRequest(i, f, s) for i, f, s in variants], decode=False)
     for a, b in zip(alone, together, strict=True):

@@ -52,8 +52,8 @@ def inputs(tmp_path_factory, tiny_clip):
         "device": "cpu",
         "clip": {"frames": "all", "fps": 8, "width": 32, "height": 32},
         "window": {"max_frames": 16},
-        "inversion": {"steps": 5},
-        "edit": {"steps": 5},
+        "inversion": {"steps": 2},  # windows, resume and scores do not depend on the steps
+        "edit": {"steps": 2},
         "share_source": False,
         "evaluate": {"mode": "score", "model": str(tiny_clip)},
         "variants": [{"name": "red", "prompt": "a red car"}],
@@ -103,15 +103,15 @@ def _expected_outputs(root: Path, clips: dict[str, np.ndarray], tiny_backbone) -
         source.write_bytes(mp4(clips[key]))
         frames = read_video(source, n, 8, 32, 32).frames
         edited = prepare_first_frame(recolor(clips[key][0]), 32, 32)
-        settings = EditSettings(prompt="a red car", steps=5, seed=derive_seed(8888, key, "red"))
+        settings = EditSettings(prompt="a red car", steps=2, seed=derive_seed(8888, key, "red"))
         plan = plan_windows(n, 16, 1, 16)
         if len(plan) == 1:
-            inversion = invert(tiny_backbone, frames, InversionSettings(steps=5))
+            inversion = invert(tiny_backbone, frames, InversionSettings(steps=2))
             out[key] = edit(tiny_backbone, inversion, edited, settings).frames
             continue
         chain = edit_chains(
             tiny_backbone, plan,
-            lambda w, frames=frames: invert(tiny_backbone, frames[w.start : w.end], InversionSettings(steps=5)),
+            lambda w, frames=frames: invert(tiny_backbone, frames[w.start : w.end], InversionSettings(steps=2)),
             [ChainRequest(edited, settings)],
         )  # fmt: skip
         out[key] = chain[0].frames

@@ -21,10 +21,11 @@ from anyv2v_batch.windows import plan_windows, window_seed
 
 pytestmark = pytest.mark.slow  # whole sampling loops against the recordings
 
-STEPS = ["--inversion-steps", "5", "--steps", "5", "--device", "cpu", "--model", str(TINY_MODEL)]
+# chaining does not depend on the step count: the fewest that run a sampling loop
+STEPS = ["--inversion-steps", "2", "--steps", "2", "--device", "cpu", "--model", str(TINY_MODEL)]
 SIZE = ["--width", "32", "--height", "32"]
-INVERSION = InversionSettings(steps=5)
-SETTINGS = EditSettings(prompt="a red car", steps=5, seed=8888)
+INVERSION = InversionSettings(steps=2)
+SETTINGS = EditSettings(prompt="a red car", steps=2, seed=8888)
 PLAN = plan_windows(40, 16, 1, 16)  # [0, 16) [15, 31) [24, 40)
 
 

@@ -91,7 +91,7 @@ def inputs(s3, tmp_path_factory):
 def job_yaml(root: Path, output: str, address: str, inversions: str | None = None) -> Path:
     job = {
         "input": f"s3://{BUCKET}/in/*.tar", "output": output, "model": str(TINY_MODEL), "device": "cpu",
-        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 5}, "edit": {"steps": 5},
+        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 2}, "edit": {"steps": 2},
         "variants": [{"name": "plain", "prompt": "{caption}"}, {"name": "snow", "prompt": "{caption}, snow"}],
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
         "ray": {"address": address},

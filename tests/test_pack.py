@@ -347,8 +347,8 @@ def test_the_job_edits_every_packed_sample(ray_local, tmp_path):
     assert summary.samples == 4 and len(lines) == 3
     job = load_job(None, {
         "input": summary.input_pattern(), "output": str(tmp_path / "out"), "model": str(TINY_MODEL),
-        "device": "cpu", "clip": {"frames": 6, "fps": 8, "width": 32, "height": 32}, "inversion": {"steps": 5},
-        "edit": {"steps": 5, "prompt": "{caption}"}, "editor": {"name": "provided"},
+        "device": "cpu", "clip": {"frames": 6, "fps": 8, "width": 32, "height": 32}, "inversion": {"steps": 2},
+        "edit": {"steps": 2, "prompt": "{caption}"}, "editor": {"name": "provided"},
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
     })  # fmt: skip
     run_job(job)

@@ -19,7 +19,7 @@ from anyv2v_batch.operators.work import ClipWork, variant_for_sample
 
 JOB = build_job({
     "input": "x.tar", "output": "o", "model": str(TINY_MODEL), "device": "cpu",
-    "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 10}, "edit": {"steps": 5},
+    "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 4}, "edit": {"steps": 2},
     "variants": [{"name": "a", "prompt": "a car"}, {"name": "b", "prompt": "a dog", "edit": {"guidance_scale": 5.0}}],
 })  # fmt: skip
 
