@@ -683,6 +683,58 @@ def score(
     _say(quiet, summary.line())
 
 
+@app.command()
+def verify(
+    output: Annotated[str | None, typer.Argument(help="An output folder or URL that `run` wrote.")] = None,
+    inversions: Annotated[
+        str | None, typer.Option("--inversions", help="An inversions store that `invert` wrote (also checked).")
+    ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Remake the damaged pairs with the settings their rows record (byte-identical to a fresh run), "
+            "drop damaged inversions and extra members, remove leftovers; then verify again.",
+        ),
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="--repair: auto, cpu or cuda.")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="--repair: Ray address (default: RAY_ADDRESS, else local).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="--repair: pools.* or limits.* field, e.g. pools.sampler.size=4.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the summary lines and problems.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Check every member of an output (or inversions store) against the SHA-256 its row records, every ok
+    row against its members, and look for leftovers; exit 1 when anything is damaged."""
+    _DEBUG["on"] = debug
+    from .job import parse_set
+    from .pipelines.verify import repair_output, verify_output
+
+    targets = [t for t in (output, inversions) if t]
+    if not targets:
+        raise AnyV2VError("give an output folder / URL to verify, or --inversions STORE (or both)")
+    flags = parse_set(set_ or []) | {k: v for k, v in (("device", device), ("ray.address", address)) if v}
+    damaged = False
+    for target in targets:
+        result = verify_output(target)
+        typer.echo(result.line())
+        if not result.clean:
+            typer.echo(result.table())
+        if repair and not result.clean:
+            summary = repair_output(target, result, flags, log=lambda m: _say(quiet, m))
+            typer.echo(summary.line())
+            result = verify_output(target)
+            typer.echo(result.line())
+            if not result.clean:
+                typer.echo(result.table())
+        damaged |= not result.clean
+    if damaged:
+        raise typer.Exit(1)
+
+
 def _oom_message(e: BaseException) -> str | None:
     text = str(e)
     import torch
@@ -697,7 +749,9 @@ def _oom_message(e: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every failure into one line and an exit status."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except _UsageError as e:

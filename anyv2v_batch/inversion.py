@@ -17,6 +17,7 @@ import torch
 
 from .backbones.base import Backbone, Branch
 from .imaging import as_rgb_array
+from .integrity import CONTENT_DIGEST, content_digest
 from .schedule import missing_timestep_error, set_schedule
 from .settings import ClipSettings, InversionSettings
 
@@ -174,8 +175,6 @@ INVERSION_FORMAT = "anyv2v-inversion/1"
 
 def inversion_to_bytes(inversion: Inversion, meta: dict[str, str] | None = None) -> bytes:
     """An inversion as safetensors bytes: latents, timesteps, the source first frame, and its settings."""
-    from safetensors.torch import save
-
     tensors = {
         "latents": inversion.latents.contiguous(),
         "timesteps": torch.tensor(inversion.timesteps, dtype=torch.int64),
@@ -188,7 +187,33 @@ def inversion_to_bytes(inversion: Inversion, meta: dict[str, str] | None = None)
         "settings": json.dumps(dataclasses.asdict(inversion.settings), sort_keys=True),
         **(meta or {}),
     }
-    return save(tensors, metadata=metadata)
+    metadata[CONTENT_DIGEST] = content_digest(tensors, metadata)
+    return safetensors_bytes(tensors, metadata)
+
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8"}
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors file of these tensors, the same bytes for the same content: the library's writer
+    orders the metadata as a hash map iterates (differently in each process), which would make a remade
+    entry differ from the one it replaces. Header keys sorted, tensors by element size then name (each one
+    aligned), the header padded with spaces to 8 bytes, as the format asks."""
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors, key=lambda n: (-tensors[n].element_size(), n)):
+        t = tensors[name].contiguous()
+        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
 def inversion_from_bytes(data: bytes) -> tuple[Inversion, dict[str, str]]:
@@ -208,6 +233,9 @@ def inversion_from_bytes(data: bytes) -> tuple[Inversion, dict[str, str]]:
     meta = header.get("__metadata__") or {}
     if meta.get("format") != INVERSION_FORMAT:
         raise ValueError(f"not an {INVERSION_FORMAT} entry")
+    # entries written before digests have none: checked for their structure only (below)
+    if CONTENT_DIGEST in meta and content_digest(tensors, meta) != meta[CONTENT_DIGEST]:
+        raise ValueError("damaged: its content does not match its digest")
     latents, timesteps, frame = tensors.get("latents"), tensors.get("timesteps"), tensors.get("source_first_frame")
     if latents is None or timesteps is None or frame is None:
         raise ValueError("missing tensors")

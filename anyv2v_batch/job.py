@@ -107,6 +107,9 @@ class JobSpec:
     # editors whose models are for non-commercial use only (e.g. instantid) run only when this is true
     accept_noncommercial_models: bool = False
     limits: Limits = field(default_factory=Limits)
+    # `verify --repair`: the run makes exactly these pairs ("<shard id>/<key>.<variant>"), done or not, and
+    # nothing else (None: every pair that is not done)
+    only_pairs: frozenset[str] | None = None
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)  # quality scores (evaluation.py)
     source: str = "job"  # the file (or "command line") the job came from, for messages
     # filled in by the driver before work (fingerprint.job_fingerprints): variant name -> (fingerprint,

@@ -15,6 +15,7 @@ from typing import Any
 
 from anyv2v_batch import __version__
 from anyv2v_batch.evaluation import SCORE_COLUMNS
+from anyv2v_batch.integrity import digest_column, member_digests
 from anyv2v_batch.job import JobSpec
 from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line, work_inversion_id
 from anyv2v_batch.settings import recorded_fields
@@ -54,6 +55,8 @@ def settings_record(job: JobSpec, work: ClipWork, variant: VariantWork) -> dict[
         "source": work.source,
         **long_clip_record(work, variant),
         "settings_fingerprint": job.fingerprints.get(variant.name, ("", ""))[0],
+        # what the fingerprint is of: enough to remake the pair should its row be lost (`verify --repair`)
+        "settings_fields": json.loads(job.fingerprints.get(variant.name, ("", "{}"))[1]),
         "anyv2v_batch": __version__,
     }
 
@@ -73,7 +76,9 @@ def long_clip_record(work: ClipWork, variant: VariantWork) -> dict[str, Any]:
     }
 
 
-def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str, error: str) -> dict[str, Any]:
+def metadata_row(
+    job: JobSpec, work: ClipWork, variant: VariantWork, status: str, error: str, files: dict[str, bytes]
+) -> dict[str, Any]:
     s, c = variant.settings, work.clip
     seconds = {**work.seconds, **variant.seconds}
     return {
@@ -111,7 +116,13 @@ def metadata_row(job: JobSpec, work: ClipWork, variant: VariantWork, status: str
         **{f"seconds_{k}": float(seconds.get(k, 0.0)) for k in STAGES},
         **score_fields(job, variant, status),
         **window_fields(work, variant, status),
+        # what each member's bytes must be (integrity.py); null for an error row
+        **{digest_column(ext): None for ext in PAIR_MEMBERS},
+        **member_digests(files),
     }
+
+
+PAIR_MEMBERS = ("json", "mp4", "png")
 
 
 def length_fields(work: ClipWork, status: str) -> dict[str, Any]:
@@ -173,12 +184,12 @@ def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
         files: dict[str, bytes] = {}
         if not error:
             try:
-                record = settings_record(job, work, variant)
                 files = {
-                    "json": json.dumps(record, sort_keys=True, indent=1).encode(),
                     "mp4": variant.mp4 if variant.mp4 is not None else encode_mp4(variant.frames, work.clip.fps),
                     "png": encode_png(variant.first_frame),
                 }
+                record = settings_record(job, work, variant) | member_digests(files)
+                files["json"] = json.dumps(record, sort_keys=True, indent=1).encode()
             except Exception as e:  # noqa: BLE001
                 error, files = f"encode: {one_line(e)}", {}
         variant.seconds["encode"] = time.perf_counter() - started
@@ -191,7 +202,7 @@ def encode_pairs(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]]:
                 variant.name,
                 status,
                 error,
-                metadata_row(job, work, variant, status, error),
+                metadata_row(job, work, variant, status, error, files),
                 files,
                 group=work_inversion_id(work),
                 seconds={**work.seconds, **variant.seconds},
@@ -242,6 +253,8 @@ def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, A
         "frames_sha256": work.source.get("frames_sha256", ""),
         "inversion_source": work.inversion_source,
         **{f"seconds_{k}": float(work.seconds.get(k, 0.0)) for k in STAGES},
+        digest_column("safetensors"): None,
+        **member_digests(files),
     }
     yield {
         "pair": PairResult(

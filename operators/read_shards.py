@@ -384,7 +384,7 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                         continue
                     todo: set[str] = set()
                 else:
-                    todo = {v.name for v in specs if pair_id(key, v.name) not in done}
+                    todo = {v.name for v in specs if wanted(job, shard_id, pair_id(key, v.name), done)}
                     if not todo:
                         continue
                     # a pair's bytes do not depend on the variants beside it: the done ones need not run again
@@ -441,7 +441,13 @@ def pending_rows(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> int:
             weights = job.weights_of(v.backbone, v.model)
             ids.append(inversion_id(v.backbone, v.model, concrete(v.clip), v.inversion, weights))
         return sum(pair_id(key, inv_id) not in done for key in keys for inv_id in ids)
-    return sum(pair_id(key, v.name) not in done for key in keys for specs in groups for v in specs)
+    sid = row["shard_id"]
+    return sum(wanted(job, sid, pair_id(key, v.name), done) for key in keys for specs in groups for v in specs)
+
+
+def wanted(job: JobSpec, shard_id: str, pid: str, done: set[str]) -> bool:
+    """Whether a run makes this pair: it is not done (and, in a repair, it is one of the pairs repaired)."""
+    return pid not in done and (job.only_pairs is None or f"{shard_id}/{pid}" in job.only_pairs)
 
 
 def shard_errors(shard: str, shard_id: str, job: JobSpec, message: str) -> list[ClipWork]:

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.integrity import digest_column, member_digests, member_problem
 from anyv2v_batch.job import EditorSpec, JobSpec
-from anyv2v_batch.operators.encode import PairResult, score_fields
+from anyv2v_batch.operators.encode import PAIR_MEMBERS, PairResult, score_fields
 from anyv2v_batch.operators.read_shards import VIDEO_EXTENSIONS, iter_samples, split_member
 from anyv2v_batch.operators.storage import filesystem
 from anyv2v_batch.operators.work import ClipWork, VariantWork, one_line
@@ -94,6 +95,9 @@ def read_pairs_to_score(item: dict[str, Any], job: JobSpec) -> Iterator[dict[str
             try:
                 if "mp4" not in written or "png" not in written:
                     raise ValueError(f"the output tars of {shard_id!r} hold no .mp4 / .png for it")
+                for kind in ("mp4", "png"):
+                    if problem := member_problem(r, kind, written[kind]):
+                        raise ValueError(f"{key}.{r['variant']}.{kind} is {problem}; `anyv2v-batch verify --repair`")
                 variant.first_frame = read_image(written["png"], name=f"{key}.{r['variant']}.png")
             except Exception as e:  # noqa: BLE001
                 variant.score_error = one_line(e)
@@ -218,12 +222,8 @@ def external_parts(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]
               "clip": dataclasses.asdict(c), "editor": {"name": "external", "options": {}}}  # fmt: skip
     files: dict[str, bytes] = {}
     if not error:
-        first = variant.first_frame
-        files = {
-            "mp4": variant.mp4,
-            "png": encode_png(first),
-            "json": json.dumps(record, sort_keys=True, indent=1).encode(),
-        }
+        files = {"mp4": variant.mp4, "png": encode_png(variant.first_frame)}
+        files["json"] = json.dumps(record | member_digests(files), sort_keys=True, indent=1).encode()
     seconds = {**work.seconds, **variant.seconds}
     new = {
         "source_shard": work.shard, "shard_id": work.shard_id, "key": work.key, "variant": variant.name,
@@ -232,6 +232,7 @@ def external_parts(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, Any]
         "height": c.height, "settings": json.dumps(record, sort_keys=True),
         **{f"seconds_{k}": float(seconds.get(k, 0.0)) for k in STAGES},
         **score_fields(job, variant, status),
+        **{digest_column(ext): None for ext in PAIR_MEMBERS}, **member_digests(files),
     }  # fmt: skip
     yield {"pair": PairResult(work.shard, work.shard_id, work.key, variant.name, status, error, new, files,
                               seconds=seconds)}  # fmt: skip

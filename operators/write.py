@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anyv2v_batch.evaluation import SCORE_COLUMNS
+from anyv2v_batch.integrity import digest_column
 from anyv2v_batch.operators.encode import PairResult
 from anyv2v_batch.operators.read_shards import printable_key, split_member, unsafe_key_reason
 from anyv2v_batch.operators.storage import atomic_output, atomic_write, filesystem, join, list_files, remove
@@ -132,6 +133,7 @@ ROW_TYPES = {
     "seam_steps": pa.list_(pa.float32()),
     "seam_step_max": pa.float32(),
     "window_edit_hold": pa.list_(pa.float32()),
+    **{digest_column(ext): pa.string() for ext in ("json", "mp4", "png", "safetensors")},
 }  # columns that may be null in every row of a shard, typed so that all shards share one schema
 
 

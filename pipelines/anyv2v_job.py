@@ -90,6 +90,10 @@ def plan_shards(shards: dict[str, str], job: JobSpec, output: str, mode: str = "
         for pid, row in finished_rows(output, sid).items():
             if row["status"] != "ok":
                 continue
+            if job.only_pairs is not None:  # a repair: the rest is left as it is, whatever its settings
+                if f"{sid}/{pid}" not in job.only_pairs:
+                    done.append(pid)
+                continue
             current = job.fingerprints.get(row["variant"]) if mode == "edit" else None
             if current is not None and row.get("settings_fingerprint") != current[0]:
                 changed.setdefault(row["variant"], []).append(row)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from anyv2v_batch.errors import AnyV2VError
+from anyv2v_batch.integrity import member_problem
 from anyv2v_batch.operators.read_shards import VIDEO_EXTENSIONS, split_member
 from anyv2v_batch.operators.storage import atomic_write, check_writable, exists, filesystem, join, list_files, remove
 from anyv2v_batch.pipelines import report_html
@@ -160,6 +161,9 @@ def make_media(output: str, media: MediaFolder, items: list[Item], log: Callable
             for name, data in stream_members(url, wanted.__contains__):
                 it, ext = wanted[name]
                 found.add(name)
+                if problem := member_problem(it.row, ext, data):  # never shown as if it were the output
+                    it.missing[_ROLES.get(ext, "source")] = f"{name} is {problem} (`anyv2v-batch verify --repair`)"
+                    continue
                 try:
                     if ext == "mp4":
                         it.media["mp4"] = media.write(f"{it.id}.out.mp4", data)

@@ -42,10 +42,12 @@ class Metric:
 LOWER_IS_BETTER = {"source_similarity"}
 METRICS = tuple(Metric(m, m.replace("_", " ").replace("clip", "CLIP"), m not in LOWER_IS_BETTER) for m in ALL_METRICS)
 STAGES = ("read", "decode", "editor", "inversion", "sampler", "scorer", "encode")  # operators/encode.STAGES
+DIGESTS = ("json_sha256", "mp4_sha256", "png_sha256")  # operators/encode.PAIR_MEMBERS: checked on reading them
 COLUMNS = (
     "shard_id", "key", "variant", "status", "error", "source_shard", "prompt", "frames", "fps", "width", "height",
     "passed", "failed_checks", "routed", "scorer", "score_error",
     *(m.column for m in METRICS), *(f"seconds_{s}" for s in STAGES),
+    *DIGESTS,
 )  # fmt: skip
 FINE_BINS = 1000  # the histogram kept per score; percentiles come from it
 SHOWN_BINS = 20  # the histogram drawn (FINE_BINS is a multiple: each drawn bar sums whole fine bins)
@@ -241,8 +243,9 @@ def gather_stats(files: list[str]) -> dict[str, VariantStats]:
     """Passes one and two over the metadata: counts, timings, errors, score ranges, then histograms."""
     stats: dict[str, VariantStats] = {}
     columns = [
-        c for c in COLUMNS if c not in ("prompt", "source_shard", "failed_checks", "frames", "fps", "score_error")
-    ]
+        c for c in COLUMNS
+        if c not in ("prompt", "source_shard", "failed_checks", "frames", "fps", "score_error", *DIGESTS)
+    ]  # fmt: skip
     for batch in iter_batches(files, columns):
         ok = strings(batch, "status") == "ok"
         passed, routed = flags(batch, "passed"), strings(batch, "routed")

@@ -33,6 +33,38 @@ def test_inversion_bytes_round_trip_and_damage_is_detected(case_a):
     assert b"pickle" not in data and data[8:9] == b"{"  # a JSON header: safetensors, no pickle
 
 
+def flip_bit(data: bytes, i: int) -> bytes:
+    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
+
+
+def latent_byte(data: bytes, at: float) -> int:
+    """The offset of the least significant byte of a float in the stored latents (flipping it keeps the
+    value finite: damage no structural check can see)."""
+    n = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8 : 8 + n])["latents"]["data_offsets"]
+    return 8 + n + start + 4 * int((end - start) // 4 * at)
+
+
+def test_a_flipped_bit_anywhere_in_a_stored_inversion_is_refused(case_a):
+    inv = case_a.reference_inversion().keep([901, 801, 701])
+    data = inversion_to_bytes(inv, {"frames_sha256": "abc", "key": "c0"})
+    inversion_from_bytes(data)  # intact: fine
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    places = sorted({*range(0, len(data), max(1, len(data) // 64)), header_end - 1, header_end, len(data) - 1,
+                     data.index(b'"c0"') + 1, *(latent_byte(data, at) for at in (0.0, 0.5, 1.0 - 1e-9))})  # fmt: skip
+    for i in places:
+        with pytest.raises(ValueError):
+            inversion_from_bytes(flip_bit(data, i))
+    # the latents' damage is what only the digest sees: the values stay finite
+    _, meta = inversion_from_bytes(data)
+    damaged = flip_bit(data, latent_byte(data, 0.5))
+    with pytest.raises(ValueError, match="damaged: its content does not match its digest"):
+        inversion_from_bytes(damaged)
+    unsigned = damaged.replace(meta["content_sha256"].encode(), b"0" * 64)
+    with pytest.raises(ValueError, match="damaged"):
+        inversion_from_bytes(unsigned)
+
+
 def job_for(root, out: str, inversions: bool = True, mode: str = "edit"):
     # storing, reusing and rechecking inversions does not depend on the steps: the fewest that run a loop
     raw = {
@@ -72,11 +104,12 @@ def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path
         tmp_path / "baseline" / "shards" / "000.tar"
     )
 
-    # damage one entry and make another belong to other frames: both are recomputed, never used
+    # damage one entry's latents (finite values still) and put another clip's entry under c1's name: both are
+    # recomputed, never used
     names = sorted(store)
-    entry, meta = inversion_from_bytes(store[names[1]])
-    store[names[0]] = store[names[0]][:-100]
-    store[names[1]] = inversion_to_bytes(entry, {**meta, "frames_sha256": "0" * 64})
+    intact = (tmp_path / "store" / "shards" / "000.tar").read_bytes()
+    store[names[0]] = flip_bit(store[names[0]], latent_byte(store[names[0]], 0.5))
+    store[names[1]] = store[names[2]]
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name in names:
@@ -86,7 +119,7 @@ def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path
     (tmp_path / "store" / "shards" / "000.tar").write_bytes(buffer.getvalue())
     assert run_job(job_for(tmp_path, "checked")).ok == 6
     sources = {r["key"]: r["inversion_source"] for r in pq.read_table(tmp_path / "checked" / "metadata").to_pylist()}
-    assert sources["c0"].startswith("recomputed: stored inversion not usable (not readable")
+    assert sources["c0"] == "recomputed: stored inversion not usable (damaged: its content does not match its digest)"
     assert sources["c1"] == "recomputed: stored inversion not usable (made from other frames_sha256)"
     assert sources["c2"] == "stored"
     assert read_tar(tmp_path / "checked" / "shards" / "000.tar") == read_tar(
@@ -94,3 +127,15 @@ def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path
     )
     settings = json.loads(read_tar(tmp_path / "checked" / "shards" / "000.tar")["c0.a.json"])
     assert settings["inversion"]["steps"] == 2
+
+    # verify names both entries; --repair drops them, and `invert` makes exactly those again, to the same bytes
+    from anyv2v_batch.pipelines.verify import repair_output, verify_output
+
+    result = verify_output(str(tmp_path / "store"))
+    assert {(p.key, p.what) for p in result.problems} == {("c0", "damaged"), ("c1", "damaged")}
+    assert repair_output(str(tmp_path / "store"), result).dropped_entries == 2
+    assert verify_output(str(tmp_path / "store")).clean
+    assert sorted(read_tar(tmp_path / "store" / "shards" / "000.tar")) == [names[2]]
+    again = run_job(job_for(tmp_path, "", mode="invert"), mode="invert")
+    assert (again.processed, again.ok) == (2, 2)
+    assert (tmp_path / "store" / "shards" / "000.tar").read_bytes() == intact

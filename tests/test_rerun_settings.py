@@ -93,6 +93,7 @@ def test_a_changed_variant_is_refused_then_redone_to_equal_a_fresh_run(ray_local
     assert code == 0, err
     code, err = cli(["run", job(tmp_path, shard, "fresh", night_steps=2), "-q"], capsys)
     assert code == 0, err
+    FRESH["out"] = tmp_path / "fresh"  # the verify test damages a copy of it
     redone, fresh = snapshot(tmp_path / "out"), snapshot(tmp_path / "fresh")
     assert redone.keys() == fresh.keys() and redone["shards/000.tar"] == fresh["shards/000.tar"]
     assert rows(tmp_path / "out") == rows(tmp_path / "fresh")
@@ -100,6 +101,59 @@ def test_a_changed_variant_is_refused_then_redone_to_equal_a_fresh_run(ray_local
     assert json.loads(members["c0.night.json"])["edit"]["steps"] == 2
     assert members["c0.day.mp4"] == read_tar_from(first)["c0.day.mp4"]  # the unchanged variant kept its bytes
     assert members["c0.night.mp4"] != read_tar_from(first)["c0.night.mp4"]
+
+
+FRESH: dict[str, Path] = {}
+
+
+def flip(data: bytes, at: float) -> bytes:
+    """One bit flipped at a fraction of the bytes: damage that still parses (most of the time)."""
+    i = int(len(data) * at)
+    return data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1 :]
+
+
+def test_verify_names_every_damage_and_repair_remakes_exactly_the_damaged_pairs(ray_local, tmp_path, capsys):
+    """A pair's bytes do not depend on its company: the repaired pairs equal a fresh run's, bit for bit."""
+    from shards import tar_bytes
+
+    fresh = FRESH["out"]
+    out = tmp_path / "damaged"
+    shutil.copytree(fresh, out)
+    members = read_tar(out / "shards" / "000.tar")
+    assert {m.rsplit(".", 1)[1] for m in members} == {"mp4", "png", "json"}
+    members["c0.day.mp4"] = flip(members["c0.day.mp4"], 0.5)
+    members["c0.night.json"] = flip(members["c0.night.json"], 0.3)
+    members["c1.day.png"] = flip(members["c1.day.png"], 0.7)
+    del members["c1.day.mp4"]
+    members["c9.day.mp4"] = members["c1.night.mp4"]
+    (out / "shards" / "000.tar").write_bytes(tar_bytes(sorted(members.items())))
+    (out / "shards" / ".000.tar.k2j3.tmp").write_bytes(b"half a tar")
+    rows_before = {(r["key"], r["variant"]): r for r in pq.read_table(out / "metadata").to_pylist()}
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", str(out)])
+    assert exit_.value.code == 1
+    printed = capsys.readouterr().out
+    from anyv2v_batch.pipelines.verify import verify_output
+
+    problems = {(p.key, p.variant, p.where.rsplit(".", 1)[-1], p.what) for p in verify_output(str(out)).problems}
+    assert problems == {
+        ("c0", "day", "mp4", "damaged"), ("c0", "night", "json", "damaged"), ("c1", "day", "png", "damaged"),
+        ("c1", "day", "mp4", "missing"), ("c9", "day", "mp4", "extra"), ("", "", "tmp", "leftover"),
+    }, problems  # fmt: skip
+    for named in ("c0.day.mp4", "c0.night.json", "c1.day.png", "c1.day.mp4", "c9.day.mp4", ".000.tar.k2j3.tmp"):
+        assert named in printed, (named, printed)
+    assert "c1.night" not in printed and "3 pairs to remake" in printed
+
+    code, err = cli(["verify", out, "--repair", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert (out / "shards" / "000.tar").read_bytes() == (fresh / "shards" / "000.tar").read_bytes()
+    assert not (out / "shards" / ".000.tar.k2j3.tmp").exists()
+    assert rows(out) == rows(fresh)
+    after = {(r["key"], r["variant"]): r for r in pq.read_table(out / "metadata").to_pylist()}
+    assert after[("c1", "night")] == rows_before[("c1", "night")]  # not remade: its row, timings and all, kept
+    assert after[("c0", "day")]["seconds_sampler"] != rows_before[("c0", "day")]["seconds_sampler"]  # remade
+    assert verify_output(str(out)).clean
 
 
 def read_tar_from(snap: dict[str, bytes]) -> dict[str, bytes]:
