@@ -163,6 +163,7 @@ def make_media(output: str, media: MediaFolder, items: list[Item], log: Callable
                 found.add(name)
                 if problem := member_problem(it.row, ext, data):  # never shown as if it were the output
                     it.missing[_ROLES.get(ext, "source")] = f"{name} is {problem} (`anyv2v-batch verify --repair`)"
+                    log(f"{url}: {name} is {problem}; not shown (`anyv2v-batch verify --repair` remakes it)")
                     continue
                 try:
                     if ext == "mp4":

@@ -11,13 +11,15 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY_MODEL, moving_clip
-from shards import mp4, png, read_tar, recolor, write_shard
+from shards import mp4, png, read_tar, recolor, tar_bytes, write_shard
 
 from anyv2v_batch.cli import main
 from anyv2v_batch.evaluation import METRICS, SCORE_COLUMNS
@@ -171,6 +173,32 @@ def test_score_routes_an_existing_output_in_place_without_touching_clips(ray_loc
     assert not (out2 / "filtered/shards/000000.tar").exists()
     assert all(r["passed"] for r in rows_of(out2).values() if r["status"] == "ok")
     assert tar_members(out2 / "shards/000000.tar") == all_members(out)
+
+    # a damaged clip is neither scored nor shown as if it were the output: `score` and `report` name it
+    out3 = inputs / "out3"
+    shutil.copytree(out2, out3)
+    members = read_tar(out3 / "shards/000000.tar")
+    clip = bytearray(members["clip0.car.mp4"])
+    clip[len(clip) // 2] ^= 0x08
+    members["clip0.car.mp4"] = bytes(clip)
+    (out3 / "shards/000000.tar").write_bytes(tar_bytes(sorted(members.items())))
+    before = rows_of(out3)
+    code, _, err = cli(["score", str(out3), "--evaluate-model", str(tiny_clip), "--set", "evaluate.mode=score"], capsys)
+    assert code == 0, err
+    for pair, row in rows_of(out3).items():
+        if row["status"] != "ok":
+            continue
+        if pair == ("clip0", "car"):
+            assert "clip0.car.mp4 is damaged" in row["score_error"], row["score_error"]
+            assert all(row[c] is None for c in SCORE_COLUMNS)
+        else:
+            assert row["score_error"] == "" and all(row[c] == before[pair][c] for c in SCORE_COLUMNS), pair
+    code, _, err = cli(["report", str(out3), "-o", str(inputs / "report3")], capsys)
+    assert code == 0, err
+    assert "clip0.car.mp4 is damaged" in err  # said on the console, and on the page instead of the clip
+    pages = "".join(p.read_text() for p in sorted((inputs / "report3").glob("gallery-*.html")))
+    assert set(re.findall(r"([\w.]+) is damaged", pages)) == {"clip0.car.mp4"}
+    assert 'title="clip0.car.mp4 is damaged' in pages  # in the output picture's place
 
 
 def test_clips_edited_by_another_tool_are_scored_against_their_sources(ray_local, inputs, tiny_clip, capsys):
