@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # verify, report and score read digests without torch
+    import torch
 
 DIGEST_SUFFIX = "_sha256"
 CHUNK = 1 << 20  # bytes hashed at a time when streaming a member
@@ -54,6 +55,8 @@ def content_digest(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, s
     """SHA-256 of what an entry means, independent of the file's layout: every metadata field but the
     digest, each tensor's name, dtype and shape, then each tensor's bytes, in name order. Damage to
     the tensor data, to a shape, dtype or offset in the header, or to a metadata value changes it."""
+    import torch
+
     h = hashlib.sha256()
     described = {
         "metadata": {k: v for k, v in metadata.items() if k != CONTENT_DIGEST},
