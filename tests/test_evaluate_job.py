@@ -200,6 +200,12 @@ def test_score_routes_an_existing_output_in_place_without_touching_clips(ray_loc
     assert set(re.findall(r"([\w.]+) is damaged", pages)) == {"clip0.car.mp4"}
     assert 'title="clip0.car.mp4 is damaged' in pages  # in the output picture's place
 
+    # `verify --repair` remakes the pair, and scores it as its row records (the same scorer, mode, thresholds)
+    code, _, err = cli(["verify", str(out3), "--repair", "--device", "cpu", "-q"], capsys)
+    assert code == 0, err
+    assert (out3 / "shards/000000.tar").read_bytes() == (out2 / "shards/000000.tar").read_bytes()
+    assert {p: strip(r) for p, r in rows_of(out3).items()} == {p: strip(r) for p, r in rows_of(out2).items()}
+
 
 def test_clips_edited_by_another_tool_are_scored_against_their_sources(ray_local, inputs, tiny_clip, capsys):
     """`score OUT --input EDITED --sources SOURCES`: a plain WebDataset of edited clips, scored as they are
