@@ -32,6 +32,16 @@ def digest_column(ext: str) -> str:
     return f"{ext}{DIGEST_SUFFIX}"
 
 
+def member_digest_columns(row: Mapping[str, Any]) -> dict[str, str]:
+    """Extension -> recorded digest of a row's members (`frames_sha256`, the decoded source's, is not a
+    member's)."""
+    return {
+        column[: -len(DIGEST_SUFFIX)]: value
+        for column, value in row.items()
+        if column.endswith(DIGEST_SUFFIX) and column != "frames" + DIGEST_SUFFIX and value
+    }
+
+
 def member_digests(files: Mapping[str, bytes]) -> dict[str, str]:
     """{"mp4_sha256": ..., ...} for a pair's members, keyed by extension."""
     return {digest_column(ext): sha256_hex(files[ext]) for ext in sorted(files)}

@@ -31,11 +31,11 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from anyv2v_batch.errors import AnyV2VError
-from anyv2v_batch.integrity import CHUNK, DIGEST_SUFFIX, digest_column
+from anyv2v_batch.integrity import CHUNK, DIGEST_SUFFIX, digest_column, member_digest_columns
 from anyv2v_batch.operators.read_shards import split_member
 from anyv2v_batch.operators.storage import filesystem, join, list_files
 from anyv2v_batch.operators.work import pair_id
-from anyv2v_batch.operators.write import PLACES, ROW_SUFFIX, place_of, tar_url
+from anyv2v_batch.operators.write import PLACES, place_of, tar_url
 
 MAX_LISTED = 200  # damaged pairs listed in the table (all are counted)
 
@@ -198,10 +198,8 @@ def verify_shard(output: str, shard_id: str, result: VerifyResult) -> None:
         if row["status"] != "ok":
             continue
         result.ok_rows += 1
-        for column, digest in row.items():
-            if column.endswith(DIGEST_SUFFIX) and digest and column != "frames" + DIGEST_SUFFIX:
-                ext = column[: -len(DIGEST_SUFFIX)]
-                expected[(place_of(row), f"{key}.{variant}.{ext}")] = (key, variant, digest)
+        for ext, digest in member_digest_columns(row).items():
+            expected[(place_of(row), f"{key}.{variant}.{ext}")] = (key, variant, digest)
     seen: set[tuple[str, str]] = set()
     for place in PLACES:
         url = tar_url(output, place, shard_id)
@@ -233,7 +231,12 @@ def verify_shard(output: str, shard_id: str, result: VerifyResult) -> None:
                     if expected[(place, name)][2] != digest:
                         what = f"its SHA-256 is not the {digest_column(ext)} its row records"
                         problems.append(Problem(shard_id, key, variant, f"{rel}:{name}", "damaged", what))
-                elif row is not None and row["status"] == "ok" and place_of(row) == place and not _has_digests(row):
+                elif (
+                    row is not None
+                    and row["status"] == "ok"
+                    and place_of(row) == place
+                    and not member_digest_columns(row)
+                ):
                     result.unverified += 1  # a row written before digests
                     if data is not None and (why := _content_problem(data)):
                         problems.append(Problem(shard_id, key, variant, f"{rel}:{name}", "damaged", why))
@@ -250,10 +253,6 @@ def verify_shard(output: str, shard_id: str, result: VerifyResult) -> None:
     for p in problems[before:]:
         if (p.key, p.variant) in by_pair:
             result.rows_by_pair[(shard_id, p.key, p.variant)] = by_pair[(p.key, p.variant)]
-
-
-def _has_digests(row: dict[str, Any]) -> bool:
-    return any(k.endswith(DIGEST_SUFFIX) and k != "frames" + DIGEST_SUFFIX and v for k, v in row.items())
 
 
 def check_not_running(output: str) -> None:
@@ -368,17 +367,17 @@ def pairs_to_remake(output: str, result: VerifyResult) -> Remake:
 
 
 def _json_members(url: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, record) of a tar's readable `.json` members."""
+    from anyv2v_batch.pipelines.report import stream_members
+
     fs, path = filesystem(url)
     if not fs.exists(path):
         return
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".json") and not member.name.endswith(ROW_SUFFIX):
-                try:
-                    yield member.name, json.loads(tar.extractfile(member).read())
-                except ValueError:
-                    continue
-            tar.members.clear()
+    for name, data in stream_members(url, lambda n: n.endswith(".json")):
+        try:
+            yield name, json.loads(data)
+        except ValueError:
+            continue
 
 
 def repair_jobs(output: str, remake: Remake, flags: dict[str, Any]) -> list[Any]:
