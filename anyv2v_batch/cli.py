@@ -626,6 +626,10 @@ def _job_command(mode: str, *, job_file, input, set_, editor_option, progress_ev
         _say(quiet, f"  error: {example}")
     _say(quiet, summary.utilisation_line())
     _say(quiet, summary.line())
+    if summary.unusable_store_shards:  # damaged stored inversions were recomputed: the store is mended too
+        from .pipelines.verify import mend_store
+
+        mend_store(job, summary.unusable_store_shards, log=lambda m: _say(quiet, m))
 
 
 @app.command()

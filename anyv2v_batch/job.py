@@ -110,6 +110,10 @@ class JobSpec:
     # `verify --repair`: the run makes exactly these pairs ("<shard id>/<key>.<variant>"), done or not, and
     # nothing else (None: every pair that is not done)
     only_pairs: frozenset[str] | None = None
+    # `verify --repair` of an inversions store: `invert` makes exactly these entries, (shard id, key,
+    # inversion id), each keeping exactly the timesteps it held (None: every entry not stored, keeping
+    # what the variants read)
+    keep_timesteps: dict[tuple[str, str, str], tuple[int, ...]] | None = None
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)  # quality scores (evaluation.py)
     source: str = "job"  # the file (or "command line") the job came from, for messages
     # filled in by the driver before work (fingerprint.job_fingerprints): variant name -> (fingerprint,

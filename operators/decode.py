@@ -83,4 +83,6 @@ def _decode(work: ClipWork, split: bool = True) -> list[ClipWork]:
         part.stored_inversion = work.stored_entries.get(work_inversion_id(part), part.stored_inversion)
     if work.stored_ids:  # `invert`: windows already in the store are not made again
         parts = [p for p in parts if work_inversion_id(p) not in work.stored_ids]
+    if work.wanted_ids is not None:  # a store repair: only its entries
+        parts = [p for p in parts if work_inversion_id(p) in work.wanted_ids]
     return parts

@@ -217,6 +217,8 @@ def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, A
 
     work: ClipWork = row["work"]
     inv_id = work_inversion_id(work)
+    if job.keep_timesteps is not None and (work.shard_id, work.key, inv_id) not in job.keep_timesteps:
+        return  # a store repair writes its entries only, never a row over another one
     started = time.perf_counter()
     error = work.error or ("" if work.inversion is not None else "not inverted")
     files: dict[str, bytes] = {}
@@ -252,6 +254,8 @@ def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, A
         "stored_timesteps": len(work.inversion.timesteps) if work.inversion is not None else 0,
         "frames_sha256": work.source.get("frames_sha256", ""),
         "inversion_source": work.inversion_source,
+        # what makes the entry again (`verify --repair`): the settings and the timesteps it keeps
+        "settings_fields": json.dumps(store_fields(job, work), sort_keys=True) if not error else "",
         **{f"seconds_{k}": float(work.seconds.get(k, 0.0)) for k in STAGES},
         digest_column("safetensors"): None,
         **member_digests(files),
@@ -261,3 +265,22 @@ def encode_inversions(row: dict[str, Any], job: JobSpec) -> Iterator[dict[str, A
             work.shard, work.shard_id, work.key, inv_id, status, error, row, files, group=inv_id, seconds=work.seconds
         )
     }
+
+
+def store_fields(job: JobSpec, work: ClipWork) -> dict[str, Any]:
+    """The flat fields a stored inversion was made from: a job that makes it again, byte for byte,
+    is built from them (pipelines/verify.py)."""
+    from anyv2v_batch.fingerprint import flat
+
+    fields: dict[str, Any] = {
+        "backbone": work.backbone,
+        "model": work.model,
+        "weights": work.weights,
+        "weights_variant": job.weights_variant,
+        "dtype": job.dtype,
+        "timesteps": list(work.inversion.timesteps),
+    }
+    sections = (("clip", work.clip), ("inversion", work.inversion_settings), ("window", work.window_settings))
+    for section, settings in sections:
+        flat(section, dataclasses.asdict(settings), fields)
+    return fields

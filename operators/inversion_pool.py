@@ -12,7 +12,7 @@ from anyv2v_batch.errors import AnyV2VError
 from anyv2v_batch.inversion import inversion_from_bytes, invert_batch
 from anyv2v_batch.job import JobSpec
 from anyv2v_batch.operators.actor_base import is_out_of_memory, isolate_failures, load_job_backbones, start_worker
-from anyv2v_batch.operators.work import ClipWork, one_line, work_inversion_id
+from anyv2v_batch.operators.work import UNUSABLE, ClipWork, one_line, work_inversion_id
 from anyv2v_batch.pnp_edit import check_inversion_serves, plan_sampling
 from anyv2v_batch.windows import window_clip
 
@@ -65,11 +65,12 @@ class InversionPool:
             c = work.clip
             if tuple(inversion.latents.shape[2:]) != (work.frames_here, c.height // f, c.width // f):
                 raise ValueError("latents of another shape")
-            missing = sorted(keep - set(inversion.timesteps))
-            if missing:
-                raise ValueError(f"no latent at timestep {missing[0]}")
         except ValueError as e:
-            work.inversion_source = f"recomputed: stored inversion not usable ({e})"
+            work.inversion_source = f"recomputed: {UNUSABLE} ({e})"
+            return False
+        missing = sorted(keep - set(inversion.timesteps))
+        if missing:  # an intact entry that its job made for other edits: not damage
+            work.inversion_source = f"recomputed: stored inversion has no latent at timestep {missing[0]}"
             return False
         work.inversion = inversion if self.keep_all else inversion.keep(keep)
         work.inversion_source = "stored"
@@ -80,13 +81,19 @@ class InversionPool:
         started = time.perf_counter()
         groups: dict[tuple, list[ClipWork]] = defaultdict(list)
         keep: dict[int, set[int] | None] = {}
+        repair = self.job.keep_timesteps
         for work in works:
-            keep[id(work)] = self.needed_timesteps(work)
-            if work.error or (not work.pending() and not self.keep_all):
-                continue
+            if repair is not None:  # a store repair: each entry keeps exactly what it held
+                keep[id(work)] = set(repair.get((work.shard_id, work.key, work_inversion_id(work)), ()))
+                if work.error or not keep[id(work)]:
+                    continue
+            else:
+                keep[id(work)] = self.needed_timesteps(work)
+                if work.error or (not work.pending() and not self.keep_all):
+                    continue
             if self.reuse_stored(work, keep[id(work)]):
                 continue
-            if self.keep_all:
+            if self.keep_all and repair is None:
                 keep[id(work)] = None
             try:
                 self.backbone(work).check_clip(window_clip(work.clip, work.frames_here))

@@ -84,6 +84,15 @@ class OutputLock:
             return True
         return held.get("host") == self.mine["host"] and not _alive(int(held.get("pid", -1)))
 
+    def holder(self) -> dict | None:
+        """Who holds the lock now (host, pid, times), or None when nobody does (no lock, or a stale one)."""
+        data, _ = self._read()
+        try:
+            held = json.loads(data) if data is not None else None
+        except ValueError:
+            return None
+        return held if isinstance(held, dict) and not self._stale(held) else None
+
     def _data(self) -> bytes:
         return json.dumps(self.mine).encode()
 

@@ -379,7 +379,12 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                 weights = job.weights_of(backbone, model)
                 window = specs[0].window
                 inv_id = inversion_id(backbone, model, concrete(clip), inversion, weights)
+                wanted_ids = None
                 if mode == "invert":
+                    if job.keep_timesteps is not None:  # a store repair: only its entries
+                        wanted_ids = frozenset(i for s, k, i in job.keep_timesteps if (s, k) == (shard_id, key))
+                        if not wanted_ids or (clip.frames != "all" and inv_id not in wanted_ids):
+                            continue
                     if clip.frames != "all" and pair_id(key, inv_id) in done:
                         continue
                     todo: set[str] = set()
@@ -414,6 +419,7 @@ def read_shard(row: dict[str, Any], job: JobSpec, mode: str = "edit") -> Iterato
                     work.stored_entries = stored.entries(key, lambda _: True)
                 elif not error:
                     work.stored_ids = stored.ids(key)
+                    work.wanted_ids = wanted_ids
                 work.seconds["read"] = time.perf_counter() - started
                 yield {"work": work}
                 started = time.perf_counter()

@@ -25,6 +25,11 @@ if TYPE_CHECKING:  # the inversion (torch tensors) is unpickled where it is used
     from anyv2v_batch.inversion import Inversion
 
 
+# an `inversion_source` with this phrase: the stored entry is damaged or another clip's (the run then has
+# the store's shard verified and repaired, pipelines/verify.mend_store)
+UNUSABLE = "stored inversion not usable"
+
+
 @dataclass
 class VariantWork:
     name: str
@@ -82,6 +87,8 @@ class ClipWork:
     windows: list[Inversion] = field(default_factory=list)  # a multi-window clip's inversions, gathered
     stored_entries: dict[str, bytes] = field(default_factory=dict)  # the key's stored inversions, by id
     stored_ids: frozenset[str] = frozenset()  # `invert`: the ids already in the store for this key
+    # a store repair (`JobSpec.keep_timesteps`): the only ids of this key to make (None: every one not stored)
+    wanted_ids: frozenset[str] | None = None
 
     def pending(self) -> list[VariantWork]:
         """Variants still being worked on."""
@@ -104,7 +111,8 @@ class ClipWork:
         variants = self.variants if first else [dataclasses.replace(v) for v in self.variants]
         return dataclasses.replace(
             self, window=window, variants=variants, frames=None, video=None, seconds=dict(self.seconds),
-            source=dict(self.source), stored_entries={}, stored_ids=frozenset(), files=self.files if first else {},
+            source=dict(self.source), stored_entries={}, stored_ids=frozenset(), wanted_ids=None,
+            files=self.files if first else {},
         )  # fmt: skip
 
 

@@ -70,7 +70,7 @@ def write_part(row: dict[str, Any], output: str) -> dict[str, Any]:
     return {
         "shard_id": pair.shard_id, "key": pair.key, "variant": pair.variant, "status": pair.status,
         "error": pair.error, "group": pair.group, "seconds": json.dumps(pair.seconds),
-        "passed": pair.row.get("passed"),
+        "passed": pair.row.get("passed"), "inversion_source": pair.row.get("inversion_source") or "",
     }  # fmt: skip
 
 

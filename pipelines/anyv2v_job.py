@@ -43,6 +43,8 @@ class JobSummary:
     utilisation: dict[str, float] = dataclasses.field(default_factory=dict)
     filtered: int = 0  # ok pairs routed aside by the thresholds (counted in ok)
     failed_checks: int = 0  # ok pairs whose verdict is "failed" (flag or route)
+    # shards of the inversions store whose entries were damaged or another clip's (verify.mend_store)
+    unusable_store_shards: set[str] = dataclasses.field(default_factory=set)
 
     def line(self) -> str:
         judged = (
@@ -411,6 +413,7 @@ def _run_locked(
     import ray
 
     from anyv2v_batch.operators.storage import join, remove_if_empty
+    from anyv2v_batch.operators.work import UNUSABLE
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
     from anyv2v_batch.pipelines.balance import utilisation
     from anyv2v_batch.pipelines.progress import JobProgress
@@ -440,11 +443,14 @@ def _run_locked(
     )  # fmt: skip
     examples: list[str] = []
     failed_checks = 0
+    unusable: set[str] = set()
     with progress.running():
         streamed = time.perf_counter()
         for row in build_dataset(job, items, pools, mode).iter_rows():
             progress.add(row)
             failed_checks += row.get("passed") is False
+            if UNUSABLE in row.get("inversion_source", ""):
+                unusable.add(row["shard_id"])
             if row["status"] == "error" and len(examples) < 5:
                 examples.append(f"{row['key']}.{row['variant']}: {row['error']}")
         wall = time.perf_counter() - streamed
@@ -465,4 +471,5 @@ def _run_locked(
         error_examples=examples,
         pool_sizes=sizes,
         utilisation=utilisation(progress.busy, wall, sizes),
+        unusable_store_shards=unusable,
     )

@@ -259,23 +259,19 @@ def check_not_running(output: str) -> None:
     """Refuse to verify an output a live run is writing (its parts and tars change under the scrub)."""
     from anyv2v_batch.operators.lock import OutputLock
 
-    lock = OutputLock(output)
-    data, _ = lock._read()
-    if data is None:
-        return
-    try:
-        held = json.loads(data)
-    except ValueError:
-        return
-    if not lock._stale(held):
+    held = OutputLock(output).holder()
+    if held is not None:
         raise AnyV2VError(
             f"{output} is being written by a run (host {held.get('host')}, pid {held.get('pid')}); verify it after "
             "that run ends"
         )
 
 
-def verify_output(output: str, log: Callable[[str], None] = lambda s: None) -> VerifyResult:
-    """Check every member of an output or inversions store against its row, once, streaming."""
+def verify_output(
+    output: str, log: Callable[[str], None] = lambda s: None, shards: set[str] | None = None
+) -> VerifyResult:
+    """Check every member of an output or inversions store against its row, once, streaming (`shards`:
+    only these shards, and no look for leftovers)."""
     fs, path = filesystem(output)
     if not fs.exists(path) or not fs.isdir(path):
         raise AnyV2VError(f"{output!r} is not an output folder (nothing is there)")
@@ -286,9 +282,11 @@ def verify_output(output: str, log: Callable[[str], None] = lambda s: None) -> V
     if not ids:
         raise AnyV2VError(f"{output!r} holds no metadata/*.parquet and no shards/*.tar: not a job's output")
     for sid in ids:
-        verify_shard(output, sid, result)
-        result.shards += 1
-    _leftovers(output, result)
+        if shards is None or sid in shards:
+            verify_shard(output, sid, result)
+            result.shards += 1
+    if shards is None:
+        _leftovers(output, result)
     result.seconds = time.perf_counter() - started
     log(result.line())
     return result
@@ -430,6 +428,8 @@ def _evaluate_record(scorer: str) -> dict[str, Any]:
 class RepairSummary:
     remade: int = 0
     dropped_entries: int = 0
+    remade_entries: int = 0
+    store: bool = False
     rewritten_shards: int = 0
     removed_leftovers: int = 0
     finished_runs: int = 0
@@ -437,13 +437,20 @@ class RepairSummary:
     rescore: list[str] = dataclasses.field(default_factory=list)  # shards whose recovered pairs lost their scores
 
     def line(self) -> str:
+        remade = (
+            f"{self.remade_entries} damaged inversions made again, "
+            f"{self.dropped_entries - self.remade_entries} dropped, "
+            if self.store
+            else f"{self.remade} pairs remade, "
+        )
         done = (
-            f"repaired: {self.remade} pairs remade, {self.dropped_entries} damaged inversions dropped, "
+            f"repaired: {remade}"
             f"{self.rewritten_shards} shard tars rewritten, {self.removed_leftovers} leftover files removed, "
             f"{self.finished_runs} unfinished runs compacted"
         )
         if self.unrepairable:
-            done += f"; {len(self.unrepairable)} pairs could not be repaired (listed above)"
+            what = "inversions" if self.store else "pairs"
+            done += f"; {len(self.unrepairable)} {what} could not be repaired (listed above)"
         return done
 
 
@@ -458,8 +465,8 @@ def repair_output(
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
     from anyv2v_batch.pipelines.anyv2v_job import check_job, check_models, input_shards, with_window_limits
 
-    summary = RepairSummary()
     store = result.store
+    summary = RepairSummary(store=store)
     remake = Remake([], []) if store else pairs_to_remake(output, result)
     summary.unrepairable = remake.unrepairable
     jobs = []
@@ -478,7 +485,19 @@ def repair_output(
                     "restore those weights / settings, or rerun the job with --redo-changed"
                 )
         jobs.append((job, input_shards(job)))  # the inputs must still be there
-    for pair, why in remake.unrepairable:
+    if store:
+        for job, fields in store_repair_jobs(output, result, summary.unrepairable, flags or {}):
+            check_job(job)
+            job = with_window_limits(job_fingerprints(job))
+            now = job.weights_of(fields["backbone"], fields["model"])
+            if now != fields["weights"]:
+                raise AnyV2VError(
+                    f"cannot make the damaged inversions again as they were made: the weights of "
+                    f"{fields['model'] or fields['backbone']} are not the ones they were made with "
+                    f"({fields['weights']} -> {now}); restore them, or leave the entries dropped with `invert` later"
+                )
+            jobs.append((job, input_shards(job)))
+    for pair, why in summary.unrepairable:
         log(f"  cannot repair {'/'.join(pair)}: {why}")
 
     with OutputLock(output):
@@ -496,13 +515,18 @@ def repair_output(
                 summary.rescore.append(p.shard_id)
             if p.what == "unreadable" and p.where.endswith(".tar") and not _opens(join(output, p.where)):
                 remove(join(output, p.where))  # nothing in it could be read: every pair of it is remade
-        if store:
+        if store:  # the damaged entries become error rows (their files go), then are made again
             summary.dropped_entries = _drop_entries(output, result)
+            for sid in sorted(shards_with_parts(output)):
+                compact_shard(output, sid)
         for job, shards in jobs:
             from anyv2v_batch.pipelines.anyv2v_job import _run_locked
 
-            done = _run_locked(job, shards, output, log, "edit", time.perf_counter())
-            summary.remade += done.processed
+            done = _run_locked(job, shards, output, log, "invert" if store else "edit", time.perf_counter())
+            if store:
+                summary.remade_entries += done.ok
+            else:
+                summary.remade += done.processed
         ran = {sid for _, shards in jobs for sid in shards}  # compacted by their run
         touched = {p.shard_id for p in result.problems if p.shard_id} - unfinished
         for sid in sorted(touched - ran):
@@ -511,6 +535,48 @@ def repair_output(
     for sid in sorted(set(summary.rescore)):
         log(f"  shard {sid}: its rows were lost and remade without scores; `anyv2v-batch score` scores them again")
     return summary
+
+
+def store_repair_jobs(
+    store: str, result: VerifyResult, unrepairable: list[tuple[tuple[str, str, str], str]], flags: dict[str, Any]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """`invert` jobs that make exactly the damaged entries of a store again, as their rows record them
+    (one job per set of settings): (job, the recorded fields). Entries whose rows record no settings
+    (written before `settings_fields` was stored) are only dropped: the next `invert` makes them."""
+    from anyv2v_batch.job import build_job
+
+    groups: dict[str, dict[str, Any]] = {}
+    for sid, key, inv_id in sorted(result.damaged_pairs()):
+        row = result.rows_by_pair.get((sid, key, inv_id))
+        if row is None or not row.get("settings_fields"):
+            why = "its row records no settings: dropped, the next `invert` of its job makes it again"
+            unrepairable.append(((sid, key, inv_id), why))
+            continue
+        fields = json.loads(row["settings_fields"])
+        timesteps = tuple(int(t) for t in fields.pop("timesteps"))
+        same = json.dumps(fields, sort_keys=True)
+        group = groups.setdefault(same, {"fields": fields, "entries": {}, "inputs": set()})
+        group["entries"][(sid, key, inv_id)] = timesteps
+        group["inputs"].add(row["source_shard"])
+    jobs = []
+    for group in groups.values():
+        f = group["fields"]
+        inversion = _unflatten(f, "inversion")
+        raw = {
+            "input": sorted(group["inputs"]),
+            "inversions": store,
+            "dtype": f["dtype"],
+            "accept_noncommercial_models": True,  # accepted by the run that made them
+            # the edit plays no part: each entry keeps the timesteps it held (keep_timesteps)
+            "variants": [{
+                "name": "repair", "backbone": f["backbone"], "model": f["model"], "clip": _unflatten(f, "clip"),
+                "inversion": inversion, "window": _unflatten(f, "window"), "edit": {"steps": inversion["steps"]},
+            }],
+            **({"weights_variant": f["weights_variant"]} if f.get("weights_variant") else {}),
+        }  # fmt: skip
+        job = build_job(raw, "the store rows' recorded settings", flags, mode="invert")
+        jobs.append((dataclasses.replace(job, keep_timesteps=group["entries"]), f))
+    return jobs
 
 
 def _opens(url: str) -> bool:
@@ -540,3 +606,31 @@ def _drop_entries(output: str, result: VerifyResult) -> int:
         atomic_write(part_url(output, sid, key, variant), part_bytes(pair))
         n += 1
     return n
+
+
+def mend_store(job: Any, shard_ids: set[str], log: Callable[[str], None]) -> RepairSummary | None:
+    """After a run found stored inversions it could not use (damaged, or another clip's): verify the
+    store's shards that hold them and make the damaged entries again, where the store is writable and no
+    other job holds it. Entries that are only stale (made from other frames or settings, not damaged)
+    are left for `invert` to judge."""
+    from anyv2v_batch.operators.storage import check_writable
+
+    store = job.inversions
+    try:
+        check_writable(store, "inversions store")
+        check_not_running(store)
+    except AnyV2VError as e:
+        log(f"inversions store not repaired: {e}")
+        return None
+    result = verify_output(store, shards=shard_ids)
+    if result.clean:
+        return None
+    log(f"inversions store: {result.line()}")
+    flags: dict[str, Any] = {"device": job.device}
+    if job.ray_address:
+        flags["ray.address"] = job.ray_address
+    for name, pool in job.pools.items():
+        flags |= {f"pools.{name}.{k}": v for k, v in dataclasses.asdict(pool).items() if v is not None}
+    summary = repair_output(store, result, flags, log)
+    log(f"inversions store: {summary.line()}")
+    return summary

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from cli_runner import run_cli
 from conftest import SHARED, TINY_MODEL, moving_clip
 from shards import mp4, png, read_tar, recolor, write_shard
 
-from anyv2v_batch.cli import main
 from anyv2v_batch.operators.work import derive_seed, inversion_id
 from anyv2v_batch.settings import ClipSettings, InversionSettings
 
@@ -37,17 +37,6 @@ VARIANTS = {
          "--inversion-save-steps", 5],
     ),
 }  # fmt: skip
-
-
-def run_cli(argv) -> tuple[int, list[str]]:
-    said: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("anyv2v_batch.cli._say", lambda quiet, m: said.append(m))
-        mp.setattr("typer.echo", lambda m, err=False: said.append(m))
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in argv])
-            raise SystemExit(0)
-    return e.value.code, said
 
 
 def write_job(root: Path, variants: list[dict], frames: int = 8) -> Path:

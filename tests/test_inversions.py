@@ -9,6 +9,7 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cli_runner import run_cli
 from conftest import TINY_MODEL, moving_clip, rel_err
 from shards import mp4, png, read_tar, recolor, write_shard
 
@@ -65,11 +66,11 @@ def test_a_flipped_bit_anywhere_in_a_stored_inversion_is_refused(case_a):
         inversion_from_bytes(unsigned)
 
 
-def job_for(root, out: str, inversions: bool = True, mode: str = "edit"):
+def job_raw(root, out: str, inversions: bool = True, mode: str = "edit") -> dict:
     # storing, reusing and rechecking inversions does not depend on the steps: the fewest that run a loop
     raw = {
         "input": str(root / "in" / "000.tar"), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
-        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 2}, "edit": {"steps": 2},
+        "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 2}, "edit": {"steps": 1},
         "variants": [{"name": "a", "prompt": "{caption}"}, {"name": "b", "prompt": "{caption}, at night"}],
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
     }  # fmt: skip
@@ -77,7 +78,11 @@ def job_for(root, out: str, inversions: bool = True, mode: str = "edit"):
         raw["inversions"] = str(root / "store")
     if mode == "invert":  # invert writes only the store: no output needed
         del raw["output"]
-    return build_job(raw, mode=mode)
+    return raw
+
+
+def job_for(root, out: str, inversions: bool = True, mode: str = "edit"):
+    return build_job(job_raw(root, out, inversions, mode), mode=mode)
 
 
 def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path):
@@ -117,7 +122,11 @@ def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path
             info.size = len(store[name])
             tar.addfile(info, io.BytesIO(store[name]))
     (tmp_path / "store" / "shards" / "000.tar").write_bytes(buffer.getvalue())
-    assert run_job(job_for(tmp_path, "checked")).ok == 6
+    # `run` (the command: it mends the store after the job) recomputes both, and makes them again in the store
+    job_file = tmp_path / "checked.json"
+    job_file.write_text(json.dumps(job_raw(tmp_path, "checked")))
+    code, said = run_cli(["run", job_file])
+    assert code == 0 and "6 (clip, variant) pairs processed: 6 ok" in "\n".join(said), said
     sources = {r["key"]: r["inversion_source"] for r in pq.read_table(tmp_path / "checked" / "metadata").to_pylist()}
     assert sources["c0"] == "recomputed: stored inversion not usable (damaged: its content does not match its digest)"
     assert sources["c1"] == "recomputed: stored inversion not usable (made from other frames_sha256)"
@@ -127,15 +136,20 @@ def test_invert_once_then_sample_new_edits_without_inverting(ray_local, tmp_path
     )
     settings = json.loads(read_tar(tmp_path / "checked" / "shards" / "000.tar")["c0.a.json"])
     assert settings["inversion"]["steps"] == 2
+    assert "inversions store: repaired: 2 damaged inversions made again, 0 dropped" in "\n".join(said), said
+    assert (tmp_path / "store" / "shards" / "000.tar").read_bytes() == intact  # the same bytes as first made
 
-    # verify names both entries; --repair drops them, and `invert` makes exactly those again, to the same bytes
+    # verify names a damaged entry; --repair makes it again from its row's settings, to the same bytes
     from anyv2v_batch.pipelines.verify import repair_output, verify_output
 
+    data = bytearray(intact)
+    at = intact.index(names[2].encode()) + 512 + 700  # inside c2's entry, past its header
+    data[at] ^= 1
+    (tmp_path / "store" / "shards" / "000.tar").write_bytes(bytes(data))
     result = verify_output(str(tmp_path / "store"))
-    assert {(p.key, p.what) for p in result.problems} == {("c0", "damaged"), ("c1", "damaged")}
-    assert repair_output(str(tmp_path / "store"), result).dropped_entries == 2
+    assert {(p.key, p.what) for p in result.problems} == {("c2", "damaged")}
+    repaired = repair_output(str(tmp_path / "store"), result, {"pools.inversion.num_cpus": 0.5})
+    assert (repaired.dropped_entries, repaired.remade_entries, repaired.unrepairable) == (1, 1, [])
     assert verify_output(str(tmp_path / "store")).clean
-    assert sorted(read_tar(tmp_path / "store" / "shards" / "000.tar")) == [names[2]]
-    again = run_job(job_for(tmp_path, "", mode="invert"), mode="invert")
-    assert (again.processed, again.ok) == (2, 2)
     assert (tmp_path / "store" / "shards" / "000.tar").read_bytes() == intact
+    assert run_job(job_for(tmp_path, "", mode="invert"), mode="invert").processed == 0

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from cli_runner import run_cli
 from conftest import TINY_MODEL, moving_clip
 from shards import mp4, png, read_tar, recolor, write_shard
 
@@ -183,3 +184,16 @@ def test_a_long_clip_beside_a_short_one_killed_mid_chain_and_rerun(ray_local, in
         alone = scorer.score(output[a:b], source[a:b], edited, "a red car")["score_edit_hold"]
         assert hold == pytest.approx(alone, abs=1e-6)
     assert short["window_edit_hold"] == [] and short["score_edit_hold"] is not None
+
+    # 4. a damaged window entry of the store: `verify --repair` makes that window's inversion again, alone,
+    # from its row's settings, to the bytes `invert` first wrote (windows, timesteps and all)
+    store = root / "inversions" / "shards" / "000000.tar"
+    intact = store.read_bytes()
+    middle = next(n for n in names if n.startswith("long.") and "-at15." in n)
+    data = bytearray(intact)
+    data[intact.index(middle.encode()) + 512 + 1000] ^= 1  # inside the entry (past its tar header)
+    store.write_bytes(bytes(data))
+    assert run(["verify", "--inversions", root / "inversions", "-q"]) == 1
+    code, said = run_cli(["verify", "--inversions", root / "inversions", "--repair", "-q"])
+    assert code == 0 and any("repaired: 1 damaged inversions made again, 0 dropped" in line for line in said), said
+    assert store.read_bytes() == intact
