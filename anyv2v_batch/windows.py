@@ -76,7 +76,9 @@ def plan_windows(total: int, frames: int, overlap: int, max_frames: int) -> tupl
 def resolve_limits(limits: WindowLimits, settings: WindowSettings, backbone: str) -> WindowLimits:
     """The backbone's limits with the job's window settings over them; refused when they cannot run."""
     frames = settings.frames or limits.frames
-    most = settings.max_frames or max(limits.max_frames, frames)
+    # an explicit window length is honoured: a longer clip is chained in windows of it, unless the job
+    # also says how long a clip may be and still be edited whole
+    most = settings.max_frames or (frames if settings.frames else max(limits.max_frames, frames))
     if limits.exact and frames != limits.frames:
         raise AnyV2VError(
             f"{backbone} runs windows of exactly {limits.frames} frames; leave --window-frames unset or use "

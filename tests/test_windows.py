@@ -67,6 +67,16 @@ def test_limits_per_backbone_and_refusals():
     i2v = WindowLimits(16, 128)
     assert resolve_limits(i2v, WindowSettings(), "i2vgen-xl") == WindowLimits(16, 128)
     assert resolve_limits(i2v, WindowSettings(frames=24, max_frames=48), "i2vgen-xl") == WindowLimits(24, 48)
+    # an explicit window length alone: a 41-frame clip, though it fits the backbone's one-window 128, is
+    # chained in windows of 16 (it used to run as one 41-frame window, the setting silently doing nothing)
+    honoured = resolve_limits(i2v, WindowSettings(frames=16), "i2vgen-xl")
+    assert honoured == WindowLimits(16, 16)
+    assert [(w.start, w.frames) for w in plan_for(41, honoured, WindowSettings(frames=16))] == [
+        (0, 16),
+        (15, 16),
+        (25, 16),
+    ]
+    assert len(plan_for(16, honoured, WindowSettings(frames=16))) == 1
     exact = WindowLimits(16, 16, exact=True)
     with pytest.raises(AnyV2VError, match="exactly 16 frames"):
         resolve_limits(exact, WindowSettings(frames=8), "consisti2v")
