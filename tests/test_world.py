@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anyv2v_batch.video_io import encode_mp4, read_video
-from anyv2v_batch.world import BACKGROUNDS, COLOURS, DIRECTIONS, coverage, centroid, make_clip, recoloured_clip
+from anyv2v_batch.world import BACKGROUNDS, COLOURS, DIRECTIONS, centroid, coverage, make_clip, recoloured_clip
 
 
 def inside(clip, s: int, f: int) -> bool:
