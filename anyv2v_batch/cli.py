@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 import traceback
@@ -604,6 +605,8 @@ def invert_command(**params) -> None:
 def _job_command(mode: str, *, job_file, input, set_, editor_option, progress_every, quiet, debug, **flags) -> None:
     """`run` and `invert`: the job file plus the flags that override it, validated, then run on Ray."""
     _DEBUG["on"] = debug
+    if debug:  # Ray's own console notices too (pipelines/anyv2v_job.init_ray)
+        os.environ["ANYV2V_DEBUG"] = "1"
     from .job import load_job, parse_set
 
     overrides: dict = parse_set(set_ or [])

@@ -210,11 +210,11 @@ def may_window(job: JobSpec) -> bool:
 
 def init_ray(job: JobSpec) -> None:
     """Connect to the job's cluster (or RAY_ADDRESS), or start an embedded local instance."""
-    import logging
 
     import ray
     from ray.data import DataContext
 
+    ray_console(debug=os.environ.get("ANYV2V_DEBUG", "") not in ("", "0"))
     if not ray.is_initialized():
         address = job.ray_address or os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
@@ -228,7 +228,22 @@ def init_ray(job: JobSpec) -> None:
     context.enable_auto_log_stats = False
     # rows carry Python work objects: pickled inside Arrow blocks on purpose (say so, skip the warning)
     context.enable_fallback_to_arrow_object_ext_type = True
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+# Ray's loggers whose warnings are notices, not problems of the job: that token authentication is on (a
+# local instance's default) and that Ray Data's progress bars are off (the job prints its own line)
+RAY_NOTICE_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray.data")
+
+
+def ray_console(debug: bool) -> None:
+    """The console shows the project's lines: Ray's notices only with `--debug` (ANYV2V_DEBUG=1); Ray's
+    errors always. Not silenced: the C++ core worker's one line that actor constructor arguments live in
+    the object store (Ray Data puts them there); its only switch, RAY_BACKEND_LOG_LEVEL, makes every Ray
+    process print a line saying it was set."""
+    import logging
+
+    for name in RAY_NOTICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
 
 
 def resolve_pools(job: JobSpec, resources: dict[str, float] | None = None) -> dict[str, PoolSpec]:

@@ -257,3 +257,36 @@ def test_convert_seine_writes_a_folder_without_pickles(files, capsys):
     assert converted.keys() == ema.keys() and all(torch.equal(converted[k], ema[k]) for k in ema)
     code, err = run_cli(argv, capsys)
     assert code == 1 and "already exists" in err and "--overwrite" in err
+
+
+def test_rays_notices_stay_off_the_console_unless_debug():
+    """The notices a newcomer saw on every run (token authentication on, Ray Data's progress bars off), from
+    Ray's own functions and loggers: silent without --debug, shown with it; Ray's errors always shown."""
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as auth
+
+    from anyv2v_batch.pipelines.anyv2v_job import ray_console
+
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    progress = logging.getLogger("ray.data._internal.progress")
+    handler = Keep(logging.NOTSET)
+    for logger in (progress, auth.logger):
+        logger.addHandler(handler)
+    try:
+        for debug in (False, True):
+            ray_console(debug)
+            said.clear()
+            auth._warn_token_auth_enabled()
+            progress.warning("Progress bars disabled.")
+            progress.error("a real Ray Data error")
+            assert "a real Ray Data error" in said and len(said) == (3 if debug else 1), (debug, said)
+    finally:
+        ray_console(False)
+        for logger in (progress, auth.logger):
+            logger.removeHandler(handler)
