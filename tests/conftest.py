@@ -223,3 +223,32 @@ def build_tiny_clip(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory):
+    """The `gate` editor (tests/gate.py) on the path of this process, and of every Ray instance and driver
+    started after it (PYTHONPATH): request it before the module's Ray starts."""
+    import os
+    import sys
+
+    from gate import install_gate_plugin
+
+    site = install_gate_plugin(tmp_path_factory)
+    old_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *([old_path] if old_path else [])])
+    sys.path.insert(0, str(site))
+    yield site
+    sys.path.remove(str(site))
+    if old_path is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = old_path
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    """The folder the gate editor reports to and waits at (tests/gate.py)."""
+    from gate import Gate
+
+    return Gate(tmp_path_factory.mktemp("gate"))

@@ -16,15 +16,14 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import TINY_MODEL, moving_clip, stop_shared_ray
+from gate import PATIENCE_S, Gate, wait_until
 from shards import mp4, png, read_tar, recolor, write_shard
 
 from anyv2v_batch.job import load_job
@@ -35,133 +34,6 @@ CLIPS_PER_SHARD, SHARDS = 2, 2
 EXPECTED_ROWS = sorted(
     (f"clip{s}{c}", v, "ok") for s in range(SHARDS) for c in range(CLIPS_PER_SHARD) for v in ("plain", "snow")
 )
-# how long an awaited event may take before the test gives up (a guard against hanging, not a timing)
-PATIENCE_S = 600
-
-GATE_PLUGIN = '''
-import json
-import os
-import time
-from pathlib import Path
-
-import ray
-
-from anyv2v_batch.editors.provided import ProvidedEditor
-
-
-class GateEditor(ProvidedEditor):
-    """`provided`, after reporting at the gate folder and waiting there until the test lets the sample pass."""
-
-    name = "gate"
-    description = "provided, held at a gate the test opens (fault tests)"
-    options = {"dir": "the gate folder"}
-
-    def edit(self, frame, options, sample):
-        gate = Path(options["dir"])
-        arrival = {"key": sample.key, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
-        name = f"arrived-{sample.key}-{os.getpid()}"
-        (gate / f".{name}").write_text(json.dumps(arrival))
-        os.replace(gate / f".{name}", gate / name)  # whole, or not there
-        while not ((gate / "open").exists() or (gate / f"pass-{sample.key}").exists()):
-            time.sleep(0.02)  # waits for the test's file, however long that takes
-        return super().edit(frame, options, sample)
-'''
-
-
-# --- the gate: the test's side ---------------------------------------------------------------------
-
-
-class Gate:
-    """The folder the gate editor reports to: who arrived where, and what may pass."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    def close(self) -> None:
-        """A fresh gate: nothing has arrived, nothing may pass."""
-        for f in self.folder.iterdir():
-            f.unlink()
-
-    def open(self) -> None:
-        (self.folder / "open").touch()
-
-    def let_pass(self, key: str) -> None:
-        (self.folder / f"pass-{key}").touch()
-
-    def arrivals(self) -> dict[str, dict]:
-        """Arrival file name -> {key, pid, node}: one per (sample, actor process) that reached the gate."""
-        return {f.name: json.loads(f.read_text()) for f in self.folder.glob("arrived-*")}
-
-    def hold_second_shard(self, alive) -> dict:
-        """Let every sample of the first shard to reach the editor pass; hold the first sample of the other
-        shard. The editor pool is one actor running one task at a time, and a task's clips come from one shard
-        (each shard is read by its own task), so when this returns that actor is blocked on the held sample
-        and the clips of its earlier tasks are free to finish. Returns the held sample's arrival."""
-        seen: set[str] = set()
-        first_shard = None
-        deadline = time.monotonic() + PATIENCE_S
-        while time.monotonic() < deadline:
-            for name, arrival in sorted(self.arrivals().items()):
-                if name in seen:
-                    continue
-                seen.add(name)
-                first_shard = first_shard or shard_of(arrival["key"])
-                if shard_of(arrival["key"]) != first_shard:
-                    return arrival
-                self.let_pass(arrival["key"])
-            assert alive(), "the job ended before it reached the gate"
-            time.sleep(0.02)
-        raise AssertionError("no sample of the second shard reached the gate")
-
-
-def shard_of(key: str) -> str:
-    return key[len("clip")]  # clip<shard><clip>
-
-
-def wait_until(condition, alive, what: str) -> None:
-    deadline = time.monotonic() + PATIENCE_S
-    while not condition():
-        assert alive(), f"the job ended before {what}"
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.05)
-
-
-# --- cluster, inputs, jobs, outputs -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory):
-    """The gate editor installed as a package with an entry point, on the path of this process, the
-    cluster's processes and any driver the tests start."""
-    pkg = tmp_path_factory.mktemp("gate-src")
-    (pkg / "anyv2v_gate_editor.py").write_text(GATE_PLUGIN)
-    (pkg / "pyproject.toml").write_text(textwrap.dedent('''
-        [build-system]
-        requires = ["setuptools"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "anyv2v-gate-editor"
-        version = "0.1"
-        [project.entry-points."anyv2v_batch.editors"]
-        gate = "anyv2v_gate_editor:GateEditor"
-        [tool.setuptools]
-        py-modules = ["anyv2v_gate_editor"]
-    '''))  # fmt: skip
-    site = tmp_path_factory.mktemp("gate-site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(site), str(pkg)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    old_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *([old_path] if old_path else [])])
-    sys.path.insert(0, str(site))
-    yield site
-    sys.path.remove(str(site))
-    if old_path is None:
-        del os.environ["PYTHONPATH"]
-    else:
-        os.environ["PYTHONPATH"] = old_path
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +51,6 @@ def cluster(plugin_site):
     yield cluster, workers
     ray.shutdown()
     cluster.shutdown()
-
-
-@pytest.fixture(scope="module")
-def gate(tmp_path_factory):
-    return Gate(tmp_path_factory.mktemp("gate"))
 
 
 @pytest.fixture(scope="module")

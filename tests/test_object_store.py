@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_MODEL, moving_clip, stop_shared_ray
+from gate import wait_until
 from s3_server import S3Server
 from shards import mp4, png, read_tar, recolor, write_shard
 
@@ -49,13 +50,16 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def ray_address(s3):
+def ray_address(s3, plugin_site):
     import ray
 
     stop_shared_ray()
-    # started after the S3 variables are set: its workers inherit them, and so do drivers started later
+    # started after the S3 variables (and the gate editor's path) are set: its workers inherit them, and so
+    # do drivers started later
     # "local": a new instance of our own, never one another process on this machine started
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # 3 logical CPUs: with the editor actor held at the gate and a shard-reading task streaming, the half-CPU
+    # encode and write tasks of the finished pairs still find a slot
+    context = ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="WARNING")
     yield context.address_info["address"]
     ray.shutdown()
 
@@ -88,7 +92,7 @@ def inputs(s3, tmp_path_factory):
     return root
 
 
-def job_yaml(root: Path, output: str, address: str, inversions: str | None = None) -> Path:
+def job_yaml(root: Path, output: str, address: str, inversions: str | None = None, gate=None) -> Path:
     job = {
         "input": f"s3://{BUCKET}/in/*.tar", "output": output, "model": str(TINY_MODEL), "device": "cpu",
         "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 2}, "edit": {"steps": 2},
@@ -98,6 +102,8 @@ def job_yaml(root: Path, output: str, address: str, inversions: str | None = Non
     }  # fmt: skip
     if inversions:
         job["inversions"] = inversions
+    if gate is not None:  # first frames as `provided` gives them, each held at the test's gate
+        job["editor"] = {"name": "gate", "options": {"dir": str(gate.folder)}}
     path = root / f"{re.sub(r'[^a-z0-9]+', '-', output)}.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -304,20 +310,20 @@ def test_invert_then_run_on_s3_while_a_second_run_is_refused(ray_address, inputs
     assert files == reference
 
 
-def test_the_driver_killed_on_s3_and_the_job_rerun(ray_address, inputs, reference):
-    import time
-
-    path = job_yaml(inputs, f"s3://{BUCKET}/killed", ray_address)
+def test_the_driver_killed_on_s3_and_the_job_rerun(ray_address, inputs, reference, gate):
+    """Killed at a known point, not after a guessed delay: the first shard's pairs pass the gate, the
+    other shard's first sample is held there; once a pair is on S3, the driver is killed."""
+    gate.close()
+    path = job_yaml(inputs, f"s3://{BUCKET}/killed", ray_address, gate=gate)
     driver = subprocess.Popen(cli("run", str(path), "-q"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    alive = lambda: driver.poll() is None  # noqa: E731
     try:
-        deadline = time.time() + 600
-        while not any(k.endswith(".tar") for k in objects("killed/_parts")):  # the first finished pair
-            assert driver.poll() is None, "the job ended before it was disturbed"
-            assert time.time() < deadline, "the job made no progress"
-            time.sleep(0.2)
+        gate.hold_second_shard(alive)
+        wait_until(lambda: any(k.endswith(".tar") for k in objects("killed/_parts")), alive, "a pair was written")
     finally:
         driver.kill()
         driver.wait()
+        gate.open()
     left = objects("killed")
     parts = [k for k in left if k.startswith("killed/_parts/") and k.endswith(".tar")]
     assert 1 <= len(parts) < len(EXPECTED_ROWS) and not any(k.startswith("killed/metadata/") for k in left)
@@ -325,13 +331,19 @@ def test_the_driver_killed_on_s3_and_the_job_rerun(ray_address, inputs, referenc
     rerun = subprocess.run(cli("run", str(path)), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
     done_before = int(re.search(r"(\d+) \(clip, variant\) pairs already done", rerun.stderr).group(1))
-    assert done_before >= 1  # resumed from the parts the killed driver left
+    assert 1 <= done_before < len(EXPECTED_ROWS)  # resumed from the parts the killed driver left
     files, rows, _ = s3_outputs("killed")
     assert rows == EXPECTED_ROWS
-    assert files == reference
+    # the same videos and first frames as the local run; the settings record names the gate editor
+    assert set(files) == set(reference)
+    assert {k: v for k, v in files.items() if not k.endswith(".json")} == {
+        k: v for k, v in reference.items() if not k.endswith(".json")
+    }
+    record = json.loads(files["000000.tar/clip00.snow.json"])
+    assert record["editor"]["name"] == "gate" and record["prompt"] == "a scene 0, snow"
 
 
-def test_verify_and_repair_on_s3_with_checksummed_puts(ray_address, inputs, reference, capsys):
+def test_verify_and_repair_on_s3_with_checksummed_puts(ray_address, inputs, reference, gate, capsys):
     """The killed-and-rerun output (equal to the local reference): every object was PUT with its SHA-256;
     a damaged Parquet file and a damaged member are named by `verify` and repaired to the same bytes."""
     import base64
@@ -344,6 +356,7 @@ def test_verify_and_repair_on_s3_with_checksummed_puts(ray_address, inputs, refe
     from anyv2v_batch.pipelines.verify import verify_output
 
     client = boto3.client("s3")
+    gate.open()  # a remade pair passes the gate editor that made it
     stored = {k: v for k, v in objects("killed").items() if k.startswith(("killed/shards/", "killed/metadata/"))}
     assert len(stored) == 2 * SHARDS
     for key, data in stored.items():
@@ -374,7 +387,8 @@ def test_verify_and_repair_on_s3_with_checksummed_puts(ray_address, inputs, refe
         main(["verify", output, "--repair", "--address", ray_address, "-q", *fit])
     except SystemExit as e:
         pytest.fail(f"verify --repair exited {e.code}: {capsys.readouterr()}")
-    files, rows, _ = s3_outputs("killed")
+    _, rows, _ = s3_outputs("killed")
     assert rows == EXPECTED_ROWS
-    assert files == reference
+    shards = {k: v for k, v in objects("killed").items() if k.startswith("killed/shards/")}
+    assert shards == {k: v for k, v in stored.items() if k.startswith("killed/shards/")}  # as before the damage
     assert verify_output(output).clean

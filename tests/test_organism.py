@@ -1,0 +1,49 @@
+"""The model organism's training script (tools/organism/): a few steps of each stage write a folder that
+loads as the real weights do, with the VAE's scaling set from its latents and the UNet's checkpoint whole."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "organism" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_a_smoke_run_writes_a_model_that_loads_like_real_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from anyv2v_batch.backbones.i2vgen_xl import I2VGenXL
+    from anyv2v_batch.world import make_clip
+
+    train = load_tool("train_i2vgen_xl")
+    out = tmp_path / "organism"
+    threads = torch.get_num_threads()
+    argv = ["train", "--out", str(out), "--starter", str(TINY_MODEL), "--smoke", "--threads", str(threads)]
+    monkeypatch.setattr(sys, "argv", argv)
+    train.main()
+
+    backbone = I2VGenXL.from_pretrained(str(out), device="cpu", dtype="float32")
+    assert list(backbone.unet.config.block_out_channels) == train.UNET["block_out_channels"]
+    trained = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(trained[k], v) for k, v in backbone.unet.state_dict().items())
+    assert json.loads((out / "unet" / "trained_steps.json").read_text()) == {"steps": 3}
+    # the scaling factor makes the world's latents unit-variance, as the schedule assumes
+    clip = make_clip(123, frames=8)
+    latents = backbone.encode_video(clip.frames)
+    assert 0.6 < float(latents.std()) < 1.6
+    rows = (out / "training.csv").read_text().splitlines()
+    assert rows[0] == "step,stage,loss,seconds" and {r.split(",")[1] for r in rows[1:]} == {"vae", "unet"}
