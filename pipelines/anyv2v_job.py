@@ -315,11 +315,15 @@ def resolve_pools(job: JobSpec, resources: dict[str, float] | None = None) -> di
     return pools
 
 
-def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, PoolSpec], mode: str = "edit"):
-    """The streaming pipeline. mode "edit": every stage; "invert": read, decode, inversion, store."""
+def build_dataset(
+    job: JobSpec, items: list[dict[str, Any]], pools: dict[str, PoolSpec], mode: str = "edit", busy_board: Any = None
+):
+    """The streaming pipeline. mode "edit": every stage; "invert": read, decode, inversion, store.
+    `busy_board` (operators/busy.py): where the GPU pools' actors report their calls, for the progress line."""
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
+    from anyv2v_batch.operators.busy import timed
     from anyv2v_batch.operators.decode import decode_clip
     from anyv2v_batch.operators.editor_pool import EditorPool
     from anyv2v_batch.operators.encode import encode_inversions, encode_pairs
@@ -333,12 +337,12 @@ def build_dataset(job: JobSpec, items: list[dict[str, Any]], pools: dict[str, Po
     def actors(ds, cls, name: str, in_flight: int | None = None, **kwargs):
         pool = pools[name]
         return ds.map_batches(
-            cls,
+            timed(cls, name),
             compute=ActorPoolStrategy(size=pool.size, max_tasks_in_flight_per_actor=in_flight),
             batch_size=pool.batch_size,
             num_gpus=pool.num_gpus,
             num_cpus=pool.num_cpus,
-            fn_constructor_kwargs={"job": job, "num_cpus": pool.num_cpus, **kwargs},
+            fn_constructor_kwargs={"job": job, "num_cpus": pool.num_cpus, "busy_board": busy_board, **kwargs},
         )
 
     decode, encode = pools["decode"], pools["encode"]
@@ -427,6 +431,7 @@ def _run_locked(
 ) -> JobSummary:
     import ray
 
+    from anyv2v_batch.operators.busy import board_seconds, start_board
     from anyv2v_batch.operators.storage import join, remove_if_empty
     from anyv2v_batch.operators.work import UNUSABLE
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
@@ -452,16 +457,17 @@ def _run_locked(
     init_ray(job)
     pools = resolve_pools(job)
     sizes = {n: pools[n].size for n in GPU_POOLS if n in pools and (mode == "edit" or n == "inversion")}
+    board = start_board()
     progress = JobProgress(
         total, output, sizes, unit="pairs" if mode == "edit" else "inversions", done_before=done_before,
-        display=display, routes_failures=job.evaluate.mode == "route",
+        display=display, routes_failures=job.evaluate.mode == "route", live_busy=lambda: board_seconds(board),
     )  # fmt: skip
     examples: list[str] = []
     failed_checks = 0
     unusable: set[str] = set()
     with progress.running():
         streamed = time.perf_counter()
-        for row in build_dataset(job, items, pools, mode).iter_rows():
+        for row in build_dataset(job, items, pools, mode, busy_board=board).iter_rows():
             progress.add(row)
             failed_checks += row.get("passed") is False
             if UNUSABLE in row.get("inversion_source", ""):
@@ -485,6 +491,6 @@ def _run_locked(
         seconds=time.perf_counter() - started,
         error_examples=examples,
         pool_sizes=sizes,
-        utilisation=utilisation(progress.busy, wall, sizes),
+        utilisation=utilisation(progress.busy_seconds(), wall, sizes),
         unusable_store_shards=unusable,
     )

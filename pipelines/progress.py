@@ -75,6 +75,7 @@ class JobProgress:
         json_every: float = 5.0,
         redraw_every: float = 1.0,
         routes_failures: bool = True,
+        live_busy: Callable[[], dict[str, float] | None] | None = None,
     ):
         self.display = display or ProgressDisplay()
         self.clock = self.display.clock
@@ -87,6 +88,9 @@ class JobProgress:
         self.tty = self.display.tty if self.display.tty is not None else bool(stream and stream.isatty())
         self.ok = self.error = self.filtered = 0
         self.busy = dict.fromkeys(pool_sizes, 0.0)
+        # the pools' busy seconds with their running calls (operators/busy.py), asked at each report: the
+        # shares move while actors work, not only when rows finish
+        self.live_busy, self.live = live_busy, {}
         self._clips: set[tuple] = set()  # clips whose inversion seconds are counted
         self.state, self.failure = "running", ""
         self.started = self.clock()
@@ -132,7 +136,9 @@ class JobProgress:
 
     def tick(self) -> None:
         """Show the line / write the JSON if due although no row came (a long clip, models loading)."""
+        live = self.live_busy() if self.live_busy is not None else None  # asked outside the lock
         with self._lock:
+            self.live = live if live is not None else self.live
             if self.finished is None:
                 self._report(self.clock())
 
@@ -196,8 +202,12 @@ class JobProgress:
             return 0.0
         return left * self.elapsed(now) / self.done if self.done else None  # left / rate
 
+    def busy_seconds(self) -> dict[str, float]:
+        """Each pool's busy seconds: from the finished rows, or the board's where it knows more."""
+        return {pool: max(seconds, self.live.get(pool, 0.0)) for pool, seconds in self.busy.items()}
+
     def busy_share(self, now: float) -> dict[str, float]:
-        return utilisation(self.busy, self.elapsed(now), self.pool_sizes)
+        return utilisation(self.busy_seconds(), self.elapsed(now), self.pool_sizes)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """What `_progress.json` holds."""

@@ -92,6 +92,22 @@ def outputs(root: Path, out: str) -> tuple[dict[str, bytes], list[tuple[str, str
     return files, rows
 
 
+def share_rises(progress_file: Path, pool: str):
+    """A condition: two of the run's progress snapshots with the same rows done, the later showing the
+    pool busier."""
+    first: dict[int, float] = {}
+
+    def rose() -> bool:
+        try:
+            snapshot = json.loads(progress_file.read_text())
+        except (OSError, ValueError):
+            return False
+        share = snapshot["busy_share"][pool]
+        return share > first.setdefault(snapshot["done"], share) + 0.01
+
+    return rose
+
+
 def parts(root: Path, out: str) -> list[Path]:
     return list((root / out / "_parts").rglob("*.tar"))
 
@@ -184,6 +200,9 @@ def test_the_driver_killed_and_the_job_rerun(cluster, inputs, gate, undisturbed)
     try:
         held = gate.hold_second_shard(alive)
         wait_until(lambda: parts(inputs, "killed-driver"), alive, "a pair of the first shard was written")
+        # while the editor actor waits at the gate and no row finishes, the editor's busy share rises (its
+        # running call counts); from finished rows alone it could only fall as the clock runs
+        wait_until(share_rises(inputs / "killed-driver" / "_progress.json", "editor"), alive, "the share rose")
     finally:
         driver.kill()
         driver.wait()
