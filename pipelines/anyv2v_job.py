@@ -431,7 +431,7 @@ def _run_locked(
 ) -> JobSummary:
     import ray
 
-    from anyv2v_batch.operators.busy import board_seconds, start_board
+    from anyv2v_batch.operators.busy import board_seconds, forget_run, start_board
     from anyv2v_batch.operators.storage import join, remove_if_empty
     from anyv2v_batch.operators.work import UNUSABLE
     from anyv2v_batch.operators.write import compact_shard, shards_with_parts
@@ -478,6 +478,7 @@ def _run_locked(
         compact = ray.remote(compact_shard).options(num_cpus=pools["encode"].num_cpus)
         ray.get([compact.remote(output, sid) for sid in sorted(shards_with_parts(output) & wanted)])
         remove_if_empty(join(output, "_parts"))
+    forget_run(board)
     return JobSummary(
         output=output,
         unit=unit,
