@@ -42,14 +42,14 @@ from anyv2v_batch.world import make_clip  # noqa: E402
 
 FRAMES, SIZE, FPS = 8, 32, 8.0
 
-UNET = {  # 2.3 M parameters: 9.1 MB in float32, within the tracked tree's budget
-    "block_out_channels": [32, 48, 48, 48],
+UNET = {  # 1.9 M parameters: 7.6 MB in float32, within the tracked tree's budget
+    "block_out_channels": [32, 32, 32, 32],
     "cross_attention_dim": 32,
     "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
     "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
     "in_channels": 4,
     "out_channels": 4,
-    "layers_per_block": 1,
+    "layers_per_block": 2,  # as the real UNet: AnyV2V injects at up-block layer 2
     "norm_num_groups": 8,
     "num_attention_heads": 4,
     "attention_head_dim": 8,
@@ -156,6 +156,8 @@ def train_unet(out: Path, steps: int, batch: int, log: Path, lr: float, save_eve
         done = json.loads((out / "unet" / "trained_steps.json").read_text())["steps"]
     else:
         unet.save_pretrained(out / "unet")  # the folder loads (random UNet) while training runs
+        kept = [r for r in log.read_text().splitlines() if ",unet," not in r] if log.exists() else []
+        log.write_text("\n".join(kept or ["step,stage,loss,seconds"]) + "\n")  # an earlier UNet's rows go
     backbone = I2VGenXL.from_pretrained(str(out), device="cpu", dtype="float32")
     backbone.unet = unet
     noise_schedule = DDPMScheduler.from_pretrained(str(out), subfolder="scheduler")
