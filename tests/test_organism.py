@@ -79,3 +79,17 @@ def test_the_world_clip_tells_a_frames_caption_from_another(tiny_clip):
     random tiny CLIP does not (so a CLIP score on the world means something only with the trained one)."""
     assert caption_wins(WORLD_CLIP) >= WINS_TRAINED
     assert caption_wins(tiny_clip) <= WINS_RANDOM
+
+
+def test_the_organism_unet_has_every_place_anyv2v_injects():
+    """The organism is the real architecture at a tiny size: every module AnyV2V hooks exists in it (a
+    UNet of one layer per block has no up-block layer 2, where the official positions are)."""
+    from diffusers import I2VGenXLUNet
+
+    from anyv2v_batch.backbones.i2vgen_xl import I2VGenXL
+
+    train = load_tool("train_i2vgen_xl")
+    with torch.device("meta"):
+        names = {name for name, _ in I2VGenXLUNet(**train.UNET).named_modules()}
+    wanted = {path for paths in I2VGenXL.injection_positions.values() for path in paths}
+    assert wanted and wanted <= names, sorted(wanted - names)[:3]
