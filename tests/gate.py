@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -106,26 +105,29 @@ def wait_until(condition, alive, what: str) -> None:
 # --- cluster, inputs, jobs, outputs -----------------------------------------------------------------
 
 
-def install_gate_plugin(tmp_path_factory) -> Path:
-    """The gate editor installed as a package with an entry point, into a fresh folder (a site)."""
-    pkg = tmp_path_factory.mktemp("gate-src")
-    (pkg / "anyv2v_gate_editor.py").write_text(GATE_PLUGIN)
-    (pkg / "pyproject.toml").write_text(textwrap.dedent('''
-        [build-system]
-        requires = ["setuptools"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "anyv2v-gate-editor"
-        version = "0.1"
-        [project.entry-points."anyv2v_batch.editors"]
-        gate = "anyv2v_gate_editor:GateEditor"
-        [tool.setuptools]
-        py-modules = ["anyv2v_gate_editor"]
-    '''))  # fmt: skip
-    site = tmp_path_factory.mktemp("gate-site")
+def install_plugin(tmp_path_factory, module: str, source: str, entry_points: dict[str, str]) -> Path:
+    """A one-module package `module` holding `source`, with `anyv2v_batch.editors` entry points (name ->
+    "module:Class"), pip-installed into a fresh folder (a site) that the caller puts on the path."""
+    pkg = tmp_path_factory.mktemp(f"{module}-src")
+    (pkg / f"{module}.py").write_text(source)
+    points = "\n".join(f'{name} = "{target}"' for name, target in entry_points.items())
+    (pkg / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "{module.replace("_", "-")}"\nversion = "0.1"\n'
+        f'[project.entry-points."anyv2v_batch.editors"]\n{points}\n'
+        f'[tool.setuptools]\npy-modules = ["{module}"]\n'
+    )
+    site = tmp_path_factory.mktemp(f"{module}-site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
          "--target", str(site), str(pkg)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return site
+
+
+def install_gate_plugin(tmp_path_factory) -> Path:
+    """The gate editor installed as a package with an entry point, into a fresh folder (a site)."""
+    return install_plugin(
+        tmp_path_factory, "anyv2v_gate_editor", GATE_PLUGIN, {"gate": "anyv2v_gate_editor:GateEditor"}
+    )

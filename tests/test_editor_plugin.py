@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY_MODEL, moving_clip, stop_shared_ray
+from gate import install_plugin
 from shards import image, mp4, read_tar, write_shard
 
 from anyv2v_batch.job import build_job
@@ -37,28 +37,9 @@ class FlipEditor(FirstFrameEditor):
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory):
-    pkg = tmp_path_factory.mktemp("plugin-src")
-    (pkg / "anyv2v_flip_editor.py").write_text(PLUGIN)
-    (pkg / "pyproject.toml").write_text(textwrap.dedent('''
-        [build-system]
-        requires = ["setuptools"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "anyv2v-flip-editor"
-        version = "0.1"
-        [project.entry-points."anyv2v_batch.editors"]
-        flip = "anyv2v_flip_editor:FlipEditor"
-        broken = "anyv2v_flip_editor:NoSuchEditor"
-        [tool.setuptools]
-        py-modules = ["anyv2v_flip_editor"]
-    '''))  # fmt: skip
-    site = tmp_path_factory.mktemp("plugin-site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(site), str(pkg)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    return site
+    """This module's flip editor (and a broken entry point), installed; overrides conftest's gate editor."""
+    entry_points = {"flip": "anyv2v_flip_editor:FlipEditor", "broken": "anyv2v_flip_editor:NoSuchEditor"}
+    return install_plugin(tmp_path_factory, "anyv2v_flip_editor", PLUGIN, entry_points)
 
 
 def test_plugin_is_listed_and_a_broken_one_does_not_break_the_list(plugin_site):
