@@ -125,13 +125,16 @@ def tiny_backbone():
 
 
 # The suite runs on two pytest-xdist workers, a module whole on one (--dist loadfile, pyproject.toml). The
-# longest modules go first, so that the two workers finish together; the order measured, longest first
-# (benchmarks/RESULTS.md). Within a module the order is kept (some tests read an earlier one's output).
+# longest modules go first, so that the two workers finish together (xdist hands out a module at a time:
+# the last ones handed out must be short); every module over about 10 s, in the order of its measured
+# time (benchmarks/RESULTS.md). Within a module the order is kept (some tests read an earlier one's output).
 LONGEST_FIRST = (
-    "test_reference_i2vgen_xl.py", "test_faults.py", "test_object_store.py", "test_long_clip_job.py",
-    "test_backbone_i2vgen_xl.py", "test_evaluate_job.py", "test_anydoor.py", "test_injection.py",
-    "test_reference_consisti2v.py", "test_long_clips.py", "test_inversions.py", "test_rerun_settings.py",
-    "test_batch_job.py", "test_pools.py", "test_cli.py", "test_editor_plugin.py",
+    "test_object_store.py", "test_faults.py", "test_evaluate_job.py", "test_reference_i2vgen_xl.py",
+    "test_rerun_settings.py", "test_long_clip_job.py", "test_inversions.py", "test_reference_consisti2v.py",
+    "test_anydoor.py", "test_injection.py", "test_batch_job.py", "test_pack.py", "test_editor_plugin.py",
+    "test_backbones_job.py", "test_backbone_i2vgen_xl.py", "test_instantid.py", "test_hostile_shards.py",
+    "test_long_clips.py", "test_pools.py", "test_cli.py", "test_reference_seine.py", "test_consisti2v_unet.py",
+    "test_seine_unet.py", "test_organism.py", "test_windows.py",
 )  # fmt: skip
 # a test that starts Ray jobs is slow (seconds of both cores each): marked by the fixtures it uses
 SLOW_FIXTURES = {"ray_local", "ray_address", "cluster", "plugin_site"}
