@@ -476,6 +476,25 @@ def report(
     _say(quiet, summary.line())
 
 
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="A new or empty folder for everything it writes.")],
+    clips: Annotated[int, typer.Option(help="World clips to edit.")] = 4,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the last line and errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and Ray's own notices.")] = False,
+) -> None:
+    """A first run, offline on a CPU: world clips edited by the model organism, scored, and a report."""
+    _DEBUG["on"] = debug
+    if debug:
+        os.environ["ANYV2V_DEBUG"] = "1"
+    from .pipelines.demo import run_demo
+    from .pipelines.progress import ProgressDisplay
+
+    display = ProgressDisplay(stream=None if quiet else sys.stderr, every=30.0)
+    summary = run_demo(output, clips, log=lambda m: _say(quiet, m), display=display)
+    typer.echo(summary.line(), err=True)
+
+
 PRESET_HELP = (
     "AnyV2V task preset: the official propagation settings (and editor) for subject-driven or identity edits; "
     "see `anyv2v-batch presets`. Flags given win."

@@ -92,6 +92,28 @@ def preview(frames: np.ndarray | list[np.ndarray], fps: float) -> bytes:
     return buffer.getvalue()
 
 
+STRIP_FRAMES, STRIP_WIDTH = 8, 620  # a gallery card's inner width
+
+
+def strip(frames: np.ndarray | list[np.ndarray]) -> bytes:
+    """A still WebP of up to STRIP_FRAMES frames, evenly spaced from first to last, side by side: the
+    motion at a glance (in print, a screenshot, or where animation is off). Small frames are enlarged
+    with nearest-neighbour, so that their pixels stay sharp."""
+    from PIL import Image
+
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(STRIP_FRAMES, len(frames))).round().astype(int))
+    height, width = frames[0].shape[:2]
+    cell = max(1, (STRIP_WIDTH - 2 * (len(picks) - 1)) // len(picks))  # 2-pixel gaps
+    size = (cell, max(1, round(height * cell / width)))
+    method = Image.Resampling.NEAREST if cell >= width else Image.Resampling.LANCZOS
+    sheet = Image.new("RGB", (len(picks) * (cell + 2) - 2, size[1]), (255, 255, 255))
+    for i, f in enumerate(picks):
+        sheet.paste(Image.fromarray(np.asarray(frames[f])).resize(size, method), (i * (cell + 2), 0))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="WEBP", quality=85, method=4)
+    return buffer.getvalue()
+
+
 def decode_all(data: bytes) -> list[np.ndarray]:
     """Every frame of an output clip (already at its size and rate), RGB uint8."""
     import av
@@ -168,7 +190,9 @@ def make_media(output: str, media: MediaFolder, items: list[Item], log: Callable
                 try:
                     if ext == "mp4":
                         it.media["mp4"] = media.write(f"{it.id}.out.mp4", data)
-                        it.media["output"] = media.write(f"{it.id}.out.webp", preview(decode_all(data), it.row["fps"]))
+                        frames = decode_all(data)
+                        it.media["output"] = media.write(f"{it.id}.out.webp", preview(frames, it.row["fps"]))
+                        it.media["output_strip"] = media.write(f"{it.id}.out.strip.webp", strip(frames))
                     elif ext == "png":
                         frame = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
                         it.media["first"] = media.write(f"{it.id}.first.webp", preview([frame], 0))
@@ -215,7 +239,7 @@ def make_sources(media: MediaFolder, items: list[Item], fits: dict[str, str], lo
             key, ext = split_member(name)
             return key in keys and ext in VIDEO_EXTENSIONS
 
-        done: dict[tuple, str] = {}  # variants that fit a clip alike share its preview
+        done: dict[tuple, tuple[str, str]] = {}  # variants that fit a clip alike share its previews
         try:
             for name, data in stream_members(shard, is_source_video):
                 key = split_member(name)[0]
@@ -227,10 +251,12 @@ def make_sources(media: MediaFolder, items: list[Item], fits: dict[str, str], lo
                     try:
                         if geometry not in done:
                             clip = decode_source(data, it.row, fit, name)
-                            done[geometry] = media.write(
-                                f"{digest(shard, *geometry)}.src.webp", preview(clip, it.row["fps"])
+                            stem = digest(shard, *geometry)
+                            done[geometry] = (
+                                media.write(f"{stem}.src.webp", preview(clip, it.row["fps"])),
+                                media.write(f"{stem}.src.strip.webp", strip(clip)),
                             )
-                        it.media["source"] = done[geometry]
+                        it.media["source"], it.media["source_strip"] = done[geometry]
                         it.missing.pop("source", None)
                     except Exception as e:  # noqa: BLE001 - an undecodable source: shown as unavailable
                         it.missing["source"] = f"{name}: {one_line(e)}"

@@ -32,6 +32,8 @@ svg rect.bar { fill: #4a78b5; } svg text { font-size: 10px; fill: #555; }
 .media img { width: 206px; height: auto; background: #eee; display: block; }
 .missing { width: 206px; display: flex; align-items: center; justify-content: center;
   background: #eee; color: #888; font-size: 13px; }
+.strips { margin-top: 6px; font-size: 12px; color: #555; }
+.strips img { width: 620px; height: auto; display: block; margin: 2px 0 4px; image-rendering: pixelated; }
 .meta { margin-top: 6px; font-size: 12px; }
 .meta .key { font-weight: 600; word-break: break-all; }
 .badge { display: inline-block; padding: 0 6px; border-radius: 8px; background: #eee; margin-left: 4px; }
@@ -260,6 +262,11 @@ def _card(it: Item, rank: int, order: int, scored: list[Metric]) -> str:
         _figure(it, role, caption, size)
         for role, caption in (("source", "source"), ("first", "edited first frame"), ("output", "output"))
     )
+    strips = "".join(
+        f'<div>{label}, frame by frame</div><img src="{it.media[role]}" loading="lazy" alt="{label} frames">'
+        for role, label in (("source_strip", "source"), ("output_strip", "output"))
+        if role in it.media
+    )
     badges = f'<span class="badge {it.sample}">{it.sample}</span>'
     if row.get("routed") == "filtered":
         badges += '<span class="badge filtered">filtered</span>'
@@ -273,7 +280,8 @@ def _card(it: Item, rank: int, order: int, scored: list[Metric]) -> str:
     klass = "item failed" if row.get("passed") is False else "item"
     return (
         f'<div class="{klass}" {" ".join(data)}><div class="media">{cells}</div>'
-        f'<div class="meta"><span class="key">{escape(str(row["key"]))}</span> '
+        + (f'<div class="strips">{strips}</div>' if strips else "")
+        + f'<div class="meta"><span class="key">{escape(str(row["key"]))}</span> '
         f"<span>({escape(str(row['shard_id']))})</span>{badges}"
         + (f'<table class="scores">{scores}</table>' if scores else "")
         + (

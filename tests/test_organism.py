@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
+from anyv2v_batch.organism import WORLD_CLIP
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,7 +51,6 @@ def test_a_smoke_run_writes_a_model_that_loads_like_real_weights(tmp_path, monke
     assert rows[0] == "step,stage,loss,seconds" and {r.split(",")[1] for r in rows[1:]} == {"vae", "unet"}
 
 
-WORLD_CLIP = ROOT / "tools" / "organism" / "models" / "world-clip"
 # measured on 96 held-out frames: the trained CLIP 96/96, the random tiny CLIP 54/96 (a coin: 0.5 +- 0.05);
 # here 48 frames, thresholds with a margin either side
 WINS_TRAINED, WINS_RANDOM = 0.9, 0.75

@@ -377,7 +377,8 @@ def gallery_state(browser: Browser) -> list[dict]:
             key: el.dataset.key, sample: el.dataset.sample,
             clip_text: el.dataset.clip_text === '' ? null : parseFloat(el.dataset.clip_text),
             source_similarity: parseFloat(el.dataset.source_similarity),
-            images: el.querySelectorAll('img').length,
+            images: el.querySelectorAll('.media img').length,
+            strips: el.querySelectorAll('.strips img').length,
             missing: Array.from(el.querySelectorAll('.missing')).map(m => m.textContent)}))"""
     )
 
@@ -427,12 +428,15 @@ def test_gallery_in_browser(report: Path, browser: Browser, tmp_path: Path):
     for item in gallery_state(browser):
         gone = item["key"] in ("clip-e", "clip-f")
         assert item["missing"] == (["source unavailable"] if gone else []), item
-        assert item["images"] == (2 if gone else 3)
+        assert item["images"] == (2 if gone else 3) and item["strips"] == (1 if gone else 2)
     # the output previews are animated at the clip's frame count, sized like the clip
     for src, _, _ in decoded:
         with Image.open(report / src) as image:
             if src.endswith(".out.webp") or src.endswith(".src.webp"):
                 assert image.n_frames == FRAMES and image.size == (WIDTH, HEIGHT)
+            if src.endswith(".strip.webp"):  # every frame side by side (FRAMES <= 8), each as wide as it fits
+                cell = (620 - 2 * (FRAMES - 1)) // FRAMES
+                assert image.n_frames == 1 and image.size == (FRAMES * (cell + 2) - 2, round(HEIGHT * cell / WIDTH))
     links = browser.evaluate("Array.from(document.querySelectorAll('a')).map(a => a.getAttribute('href'))")
     assert sum(h.endswith(".out.mp4") for h in links) == 4  # each output's mp4, copied beside its preview
     assert all((report / h).is_file() for h in links)
