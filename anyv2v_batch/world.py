@@ -218,14 +218,34 @@ def recoloured_clip(clip: WorldClip, shape: int, colour: str) -> np.ndarray:
     return render(shapes, clip.centres, clip.background, offset, width, height)
 
 
-def centroid(frame: np.ndarray, colour: str, tolerance: float = 60.0) -> tuple[float, float] | None:
-    """The centre (x, y) of the pixels near a colour, in pixel units (None when none are): how motion is
-    measured on a model's output, where only colours are known."""
-    distance = np.linalg.norm(frame.astype(np.float64) - np.array(COLOURS[colour]), axis=-1)
-    ys, xs = np.nonzero(distance < tolerance)
-    if len(xs) == 0:
+def colour_mask(frame: np.ndarray, colour: str, tolerance: float = 60.0) -> np.ndarray:
+    """[H, W] bool: the pixels within `tolerance` (RGB distance) of a named colour."""
+    return np.linalg.norm(frame.astype(np.float64) - np.array(COLOURS[colour]), axis=-1) < tolerance
+
+
+def centroid(
+    frame: np.ndarray, colour: str, tolerance: float = 60.0, min_pixels: int = 1
+) -> tuple[float, float] | None:
+    """The centre (x, y) of the pixels near a colour, in pixel units (None when fewer than `min_pixels`
+    are): how motion is measured on a model's output, where only colours are known."""
+    ys, xs = np.nonzero(colour_mask(frame, colour, tolerance))
+    if len(xs) < max(1, min_pixels):
         return None
     return float(xs.mean() + 0.5), float(ys.mean() + 0.5)
+
+
+def follows(
+    frames: np.ndarray, colour: str, centres: np.ndarray, first: np.ndarray | None = None, tolerance: float = 80.0
+) -> tuple[float, float]:
+    """How well a colour follows a trajectory in frames 1..F-1: the share of frames where the colour
+    covers at least half the area it covers in `first` (the edited first frame; default frames[0]) -- a
+    shape, not a few stray pixels -- and the mean distance in pixels between its centre and the
+    trajectory's (`centres` [F, 2], e.g. a shape's `WorldClip.centres[i]`) over those frames (nan where
+    it is never found)."""
+    area = int(colour_mask(frames[0] if first is None else first, colour, tolerance).sum())
+    found = [centroid(frame, colour, tolerance, min_pixels=max(1, area // 2)) for frame in frames[1:]]
+    errors = [float(np.hypot(at[0] - c[0], at[1] - c[1])) for at, c in zip(found, centres[1:], strict=True) if at]
+    return len(errors) / max(1, len(found)), float(np.mean(errors)) if errors else float("nan")
 
 
 def ground_truth_json(clip: WorldClip) -> bytes:

@@ -52,7 +52,7 @@ def demo_job(folder: Path, model: str, clip_model: str) -> dict[str, Any]:
         "model": model,
         "device": "cpu",
         "clip": {"frames": FRAMES, "fps": FPS, "width": SIZE, "height": SIZE},
-        "inversion": {"steps": 50},
+        "inversion": {"steps": 25},
         "edit": {"steps": 25, "prompt": "{caption}"},
         "editor": "provided",
         "variants": [{"name": "recolour"}],

@@ -131,10 +131,10 @@ def tiny_backbone():
 LONGEST_FIRST = (
     "test_object_store.py", "test_faults.py", "test_evaluate_job.py", "test_reference_i2vgen_xl.py",
     "test_rerun_settings.py", "test_long_clip_job.py", "test_inversions.py", "test_reference_consisti2v.py",
-    "test_anydoor.py", "test_injection.py", "test_batch_job.py", "test_pack.py", "test_editor_plugin.py",
+    "test_anydoor.py", "test_injection.py", "test_batch_job.py", "test_demo.py", "test_editor_plugin.py",
     "test_backbones_job.py", "test_backbone_i2vgen_xl.py", "test_instantid.py", "test_hostile_shards.py",
     "test_long_clips.py", "test_pools.py", "test_cli.py", "test_reference_seine.py", "test_consisti2v_unet.py",
-    "test_seine_unet.py", "test_organism.py", "test_windows.py",
+    "test_organism_effect.py", "test_seine_unet.py", "test_organism.py", "test_windows.py",
 )  # fmt: skip
 # a test that starts Ray jobs is slow (seconds of both cores each): marked by the fixtures it uses
 SLOW_FIXTURES = {"ray_local", "ray_address", "cluster", "plugin_site"}

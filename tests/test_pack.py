@@ -1,6 +1,6 @@
 """`anyv2v-batch pack`: a real folder of videos (the official demo layout, the `.edited.png` convention,
 captions files, a corrupt video, a corrupt edited frame) into shards, checked member by member, byte
-for byte, and read back by the job itself."""
+for byte, and read back by the job's shard reader (a whole job on packed shards: tests/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import TINY_MODEL, moving_clip
+from conftest import moving_clip
 from shards import image, mp4, png, read_tar, recolor
 
 from anyv2v_batch.cli import main
@@ -334,35 +333,6 @@ def test_nothing_readable_is_an_error(tmp_path):
         "skipped empty.mov: empty (0 bytes)",
     ]
     assert not (tmp_path / "out").exists()
-
-
-def test_the_job_edits_every_packed_sample(ray_local, tmp_path):
-    """pack -> run (--editor provided --prompt '{caption}'): an ok row for every packed sample."""
-    from anyv2v_batch.job import load_job
-    from anyv2v_batch.pipelines.anyv2v_job import run_job
-
-    data = build_folder(tmp_path)
-    lines: list[str] = []
-    summary = pack_folder(data, tmp_path / "shards", official_captions(tmp_path), shard_size=3, report=lines.append)
-    assert summary.samples == 4 and len(lines) == 3
-    job = load_job(None, {
-        "input": summary.input_pattern(), "output": str(tmp_path / "out"), "model": str(TINY_MODEL),
-        "device": "cpu", "clip": {"frames": 6, "fps": 8, "width": 32, "height": 32}, "inversion": {"steps": 2},
-        "edit": {"steps": 2, "prompt": "{caption}"}, "editor": {"name": "provided"},
-        "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
-    })  # fmt: skip
-    run_job(job)
-    rows = pq.read_table(tmp_path / "out" / "metadata").to_pylist()
-    assert {(r["key"], r["status"], r["error"]) for r in rows} == {(k, "ok", "") for k in KEYS}
-    prompts = {r["key"]: r["prompt"] for r in rows}
-    assert prompts == {
-        "Man_Walking__batman": "batman walking", "Man_Walking__turn_him_into_an_astronaut": "an astronaut walking",
-        "clip_a": "a red car", "clip_b": "a bus in the rain",
-    }  # fmt: skip
-    out = read_tar(tmp_path / "out" / "shards" / "000000.tar") | read_tar(tmp_path / "out" / "shards" / "000001.tar")
-    # the edited first frame each sample brought is the one the job used
-    packed = read_tar(tmp_path / "shards" / "000000.tar")
-    assert np.array_equal(image(out["clip_a.edit.png"]), image(packed["clip_a.edited.png"]))
 
 
 def test_a_video_only_pyav_decodes_is_packed_not_skipped(tmp_path):

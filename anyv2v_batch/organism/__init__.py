@@ -22,14 +22,14 @@ I2VGEN_XL_WORLD = HERE / "i2vgen-xl-world"
 WORLD_CLIP = HERE / "world-clip"
 # what each folder must hold to load (a missing file is one line, before any work)
 NEEDED = {
-    I2VGEN_XL_WORLD: ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json"),
-    WORLD_CLIP: ("config.json", "model.safetensors"),
+    "i2vgen-xl-world": ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json"),
+    "world-clip": ("config.json", "model.safetensors"),
 }
 
 
 def organism_model(folder: Path) -> str:
     """The folder as a `--model` path, or a one-line error when its weights are missing from this install."""
-    missing = [name for name in NEEDED[folder] if not (folder / name).is_file()]
+    missing = [name for name in NEEDED[folder.name] if not (folder / name).is_file()]
     if missing:
         raise AnyV2VError(
             f"the model organism's {folder.name} is incomplete ({', '.join(missing)} missing under {folder}); "
