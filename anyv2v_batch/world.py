@@ -210,6 +210,12 @@ def recoloured(clip: WorldClip, shape: int, colour: str) -> np.ndarray:
     return recoloured_clip(clip, shape, colour)[0]
 
 
+def unused_colour(clip: WorldClip) -> str:
+    """A colour no shape of the clip has (white aside: it reads as a highlight): what a recolour edit uses."""
+    taken = {s.colour for s in clip.shapes}
+    return next(c for c in COLOURS if c not in taken and c != "white")
+
+
 def recoloured_clip(clip: WorldClip, shape: int, colour: str) -> np.ndarray:
     """The whole clip with one shape in another colour: what a perfect edit propagates to."""
     shapes = tuple(dataclasses.replace(s, colour=colour) if i == shape else s for i, s in enumerate(clip.shapes))

@@ -65,15 +65,14 @@ def write_world_folder(folder: Path, clips: int, seed: int = SEED) -> list[dict[
     """`clips` world clips as `pack` reads a folder: `<key>.mp4`, `<key>.edited.png` (shape 0 recoloured
     in the first frame) and `captions.json` (the edited caption, the source's, and the ground truth)."""
     from anyv2v_batch.video_io import atomic_write_bytes, encode_mp4, encode_png
-    from anyv2v_batch.world import COLOURS, make_clip, recoloured
+    from anyv2v_batch.world import make_clip, recoloured, unused_colour
 
     folder.mkdir(parents=True, exist_ok=True)
     records = {}
     for i in range(clips):
         motion, shapes = KINDS[i % len(KINDS)]
         clip = make_clip(seed + i, frames=FRAMES, width=SIZE, height=SIZE, motion=motion, shapes=shapes)
-        taken = {s.colour for s in clip.shapes}
-        colour = next(c for c in COLOURS if c not in taken and c != "white")  # a colour no shape has
+        colour = unused_colour(clip)
         key = f"world{i:03d}"
         atomic_write_bytes(folder / f"{key}.mp4", encode_mp4(clip.frames, FPS))
         atomic_write_bytes(folder / f"{key}.edited.png", encode_png(recoloured(clip, 0, colour)))

@@ -12,16 +12,13 @@ fresh-noise edit then moves like the full one) or loses the source's motion.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from test_organism import load_tool
 
 from anyv2v_batch.evaluation import EvaluateSettings, parse_thresholds
 from anyv2v_batch.organism import I2VGEN_XL_WORLD, WORLD_CLIP
 
-ROOT = Path(__file__).resolve().parents[1]
 CLIPS, STEPS, GUIDANCE = 2, 10, 9.0
 # measured on these two clips at these settings: motion fidelity 0.695 and 0.383 from the source's inversion,
 # 0.172 and 0.216 from fresh noise; the thresholds sit between, about 0.08 from each
@@ -29,13 +26,6 @@ MIN_MOTION_FIDELITY = MAX_FRESH_NOISE_FIDELITY = ROUTE_THRESHOLD = 0.3
 FULL, NO_NOISE = "full AnyV2V", "- inverted noise"
 
 pytestmark = pytest.mark.slow
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "organism" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from anyv2v_batch.world import COLOURS, follows, make_clip, recoloured  # noqa: E402
+from anyv2v_batch.world import follows, make_clip, recoloured, unused_colour  # noqa: E402
 
 HELD_OUT = 5 * 10**8
 SETTINGS = {
@@ -51,10 +51,6 @@ def held_out_clip(i: int, frames: int = 8):
     return make_clip(HELD_OUT + i, frames=frames, motion="moves" if i % 2 else "bounces", shapes=1)
 
 
-def new_colour(clip) -> str:
-    return next(c for c in COLOURS if c != clip.shapes[0].colour and c != "white")
-
-
 def measure(
     backbone, scorer, clips: list, steps: int, guidance: float, settings: dict | None = None, wrong_frame: bool = True
 ) -> dict:
@@ -65,12 +61,12 @@ def measure(
     settings = SETTINGS if settings is None else settings
     table: dict[str, dict[str, list[float]]] = {}
     for i, clip in enumerate(clips):
-        colour = new_colour(clip)
+        colour = unused_colour(clip)
         edited = recoloured(clip, 0, colour)
         other = clips[(i + 1) % len(clips)]
         runs = {name: (edited, change) for name, change in settings.items()}
         if wrong_frame and len(clips) > 1:
-            runs[WRONG_FRAME] = (recoloured(other, 0, new_colour(other)), {})
+            runs[WRONG_FRAME] = (recoloured(other, 0, unused_colour(other)), {})
         inversion = invert(backbone, clip.frames, InversionSettings(steps=steps))
         prompt = clip.caption.replace(clip.shapes[0].colour, colour, 1)
         for name, (first, change) in runs.items():
