@@ -139,8 +139,11 @@ def conditioning(backbone, batch: list, drop: np.ndarray) -> dict[str, torch.Ten
     return {k: v.clone() for k, v in cond.items()}  # out of inference mode: usable in autograd
 
 
-def train_unet(out: Path, steps: int, batch: int, log: Path, lr: float, save_every: int, resume: bool = False) -> None:
-    """`steps` more steps; `resume`: from OUT/unet's checkpoint (a fresh optimizer, warmed up again)."""
+def train_unet(
+    out: Path, steps: int, batch: int, log: Path, lr: float, save_every: int, resume: bool = False, decay: bool = False
+) -> None:
+    """`steps` more steps; `resume`: from OUT/unet's checkpoint (a fresh optimizer, warmed up again);
+    `decay`: the learning rate falls linearly to 0 over this run (a last run settles the noisy end)."""
     from diffusers import DDPMScheduler, I2VGenXLUNet
     from safetensors.torch import save_file
 
@@ -163,7 +166,10 @@ def train_unet(out: Path, steps: int, batch: int, log: Path, lr: float, save_eve
     noise_schedule = DDPMScheduler.from_pretrained(str(out), subfolder="scheduler")
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     warmup = min(200, steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))  # counts this run's steps
+    def factor(s: int) -> float:  # counts this run's steps
+        return min(1.0, (s + 1) / warmup) * ((1.0 - s / steps) if decay else 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     rng = np.random.default_rng(2 + done)
     started = time.perf_counter()
     for step in range(done, done + steps):
@@ -213,6 +219,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-vae", action="store_true", help="keep OUT/vae (train only the UNet)")
     parser.add_argument("--resume", action="store_true", help="keep OUT/vae; the UNet on from its checkpoint")
+    parser.add_argument("--decay", action="store_true", help="the learning rate falls linearly to 0 over the run")
     parser.add_argument("--smoke", action="store_true", help="a few steps of each stage: the script works")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -230,7 +237,7 @@ def main() -> None:
     if not (args.skip_vae or args.resume):
         log.write_text("step,stage,loss,seconds\n")
         train_vae(out, args.vae_steps, max(2, args.batch * 2), log)
-    train_unet(out, args.unet_steps, args.batch, log, args.lr, args.save_every, resume=args.resume)
+    train_unet(out, args.unet_steps, args.batch, log, args.lr, args.save_every, resume=args.resume, decay=args.decay)
 
 
 if __name__ == "__main__":

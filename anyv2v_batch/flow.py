@@ -1,0 +1,105 @@
+"""Flow-matching sampling and inversion steps (rectified flow: x_sigma = (1 - sigma) x0 + sigma noise,
+the model predicts the velocity v = noise - x0).
+
+The grid is the official Wan2.2 one: `sigma = shift-map(linspace(0.999, 0, N + 1)[:-1])` with a final 0,
+and integer model timesteps `int(sigma * 1000)` (diffusers' default UniPC grid starts at 1 - 1e-6 and
+ends elsewhere; see ../shared/notes/wan-ti2v.md). `UniPC` is the official `FlowUniPCMultistepScheduler`'s
+update (order 2, B(h) = e^h - 1, x0 prediction, corrector on, first order at the last step), written as
+one small stateful stepper over that grid. Inversion runs the grid backwards with Euler or RF-Solver's
+second-order midpoint step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def sampling_grid(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas [steps + 1] float32 ending in 0, model timesteps [steps] int64), the official way."""
+    # the official scheduler's sigma_max / sigma_min: its training grid's ends in float32
+    train = 1.0 - torch.from_numpy(np.linspace(1, 1 / NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS)[::-1].copy()).float()
+    sigma_max, sigma_min = train[0].item(), train[-1].item()
+    sigmas = shift_sigmas(np.linspace(sigma_max, sigma_min, steps + 1)[:-1], shift)
+    timesteps = torch.from_numpy(sigmas * NUM_TRAIN_TIMESTEPS).to(torch.int64)  # truncated, as official
+    return torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32)), timesteps
+
+
+def _lambda(sigma: torch.Tensor) -> torch.Tensor:
+    """log-SNR of a flow sigma: log((1 - sigma) / sigma)."""
+    return torch.log(1 - sigma) - torch.log(sigma)
+
+
+class UniPC:
+    """The official flow UniPC (bh2, order 2, predicting x0, with the corrector) over `sigmas`.
+
+    Call `step(velocity, sample)` once per grid point, in order; it returns the sample at the next
+    sigma. The update is elementwise with scalar coefficients, so any entries pinned by the caller
+    between steps (Wan's first latent frame) never leak into the others.
+    """
+
+    def __init__(self, sigmas: torch.Tensor) -> None:
+        self.sigmas = sigmas
+        self.index = 0
+        self.x0_preds: list[torch.Tensor] = []  # the last two x0 predictions
+        self.last_sample: torch.Tensor | None = None
+        self.order = 1
+
+    def step(self, velocity: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        i, sigmas = self.index, self.sigmas
+        x0 = sample - sigmas[i] * velocity
+        if i > 0 and self.last_sample is not None:  # UniC: correct the sample the model was just run on
+            sample = self._update(self.last_sample, i - 1, i, self.x0_preds, self.order, x0)
+        self.x0_preds = (self.x0_preds + [x0])[-2:]
+        steps = len(sigmas) - 1
+        self.order = min(2, steps - i, len(self.x0_preds))  # warm up, and first order at the last step
+        self.last_sample = sample
+        self.index += 1
+        return self._update(sample, i, i + 1, self.x0_preds, self.order, None)  # UniP
+
+    def _update(self, x, s, t, x0s, order, x0_t):
+        """From x at sigma[s] to sigma[t] using the x0 predictions `x0s` (last = at s); with `x0_t`
+        (the prediction at t) this is the corrector, else the predictor."""
+        sigma_s, sigma_t = self.sigmas[s], self.sigmas[t]
+        alpha_t = 1 - sigma_t
+        h = _lambda(sigma_t) - _lambda(sigma_s)
+        m0 = x0s[-1]
+        hh = -h
+        h_phi_1 = torch.expm1(hh)
+        b_h = torch.expm1(hh)
+        base = sigma_t / sigma_s * x - alpha_t * h_phi_1 * m0
+        d1 = None
+        rk = None
+        if order == 2:  # the previous prediction, one grid point earlier
+            rk = (_lambda(self.sigmas[s - 1]) - _lambda(sigma_s)) / h
+            d1 = (x0s[-2] - m0) / rk
+        if x0_t is None:
+            return base if d1 is None else base - alpha_t * b_h * 0.5 * d1
+        # corrector coefficients: solve R rho = b (order 1: rho = 0.5)
+        h_phi_k = h_phi_1 / hh - 1
+        b = [h_phi_k / b_h]
+        if order == 2:
+            b.append((h_phi_k / hh - 0.5) * 2 / b_h)
+            R = torch.stack([torch.ones(2), torch.stack([rk, torch.tensor(1.0)])])
+            rho = torch.linalg.solve(R, torch.stack(b))
+        else:
+            rho = torch.tensor([0.5])
+        corr = rho[-1] * (x0_t - m0)
+        if d1 is not None:
+            corr = rho[0] * d1 + corr
+        return base - alpha_t * b_h * corr
+
+
+VelocityFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (sample, step index, timestep) -> velocity
+
+
+def euler(x: torch.Tensor, v: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
+    return x + (sigma_to - sigma_from) * v
