@@ -42,9 +42,12 @@ class BranchPlan:
                 branches[target] = branches[source]
 
 
-def overwrite_branches(output: torch.Tensor, source: torch.Tensor) -> None:
-    """Every branch slice of `output` [k * N, ...] becomes `source` [N, ...], in place."""
+def overwrite_branches(output: torch.Tensor, source: torch.Tensor, keep: int = 0) -> None:
+    """Every branch slice of `output` [k * N, ...] becomes `source` [N, ...], in place; `keep` > 0 keeps
+    the branch's own first `keep` entries of axis 1 (a DiT's first-frame tokens)."""
     branches = output.unflatten(0, (-1, source.shape[0]))
+    if keep:
+        branches, source = branches[:, :, keep:], source[:, keep:]
     branches.copy_(source.unsqueeze(0).expand_as(branches))
 
 
@@ -80,6 +83,8 @@ class FeatureInjector:
         # position index -> the source's outputs there, in call order (a module may run more than once)
         self._recorded: dict[int, list[torch.Tensor]] = {}
         self._cursor: dict[int, int] = {}
+        # kind -> leading entries of axis 1 that keep each branch's own values when injecting
+        self.kept_tokens: dict[str, int] = {}
 
     def __enter__(self) -> FeatureInjector:
         for index, (kind, module) in enumerate(self._targets):
@@ -139,7 +144,7 @@ class FeatureInjector:
             elif self._mode == "inject":
                 n = self._cursor.get(index, 0)
                 self._cursor[index] = n + 1
-                overwrite_branches(output, self._recorded[index][n])
+                overwrite_branches(output, self._recorded[index][n], self.kept_tokens.get(kind, 0))
                 self._fired_now.add(kind)
             return output
 
