@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,30 @@ def load_json(model: str, subfolder: str, filename: str) -> dict:
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _missing(model, f"{subfolder}/{filename}", first[:200]) from e
+
+
+@dataclass(frozen=True)
+class LoadTarget:
+    """What every backbone's `from_pretrained` resolves first: the weights (hub id or folder), the device,
+    the dtype and the weights variant (as keyword arguments for `from_pretrained`)."""
+
+    model: str
+    device: torch.device
+    dtype: torch.dtype
+    variant_kw: dict[str, str]
+
+
+def load_target(
+    model: str | None,
+    default_model: str,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    variant: str | None,
+) -> LoadTarget:
+    """None model: the default weights; device / dtype as `resolve_device` / `resolve_dtype` say."""
+    dev = resolve_device(device)
+    kw = {"variant": variant} if variant else {}
+    return LoadTarget(model or default_model, dev, resolve_dtype(dtype, dev), kw)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..loading import load_component, load_json, resolve_device, resolve_dtype
+from ..loading import LoadTarget, load_component, load_json
 
 
 def frames_to_pixels(frames: Sequence[np.ndarray], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -55,14 +55,12 @@ def unique_rows(values: Sequence, key=id) -> tuple[list, list[int]]:
     return list(distinct.values()), [order.index(key(v)) for v in values]
 
 
-def load_sd_parts(model: str, device, dtype, variant: str | None) -> dict:
+def load_sd_parts(target: LoadTarget) -> dict:
     """A Stable-Diffusion-layout folder's VAE, CLIP text encoder, tokenizer and scheduler config, on the
     device: {"vae", "vae_dtype", "text_encoder", "tokenizer", "scheduler_config", "device", "dtype"}.
     The VAE stays in float32 under half precision where its config asks (`force_upcast`, default on:
     the SD VAEs overflow in float16 at 512 px)."""
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    kw = {"variant": variant} if variant else {}
+    model, dev, dt, kw = target.model, target.device, target.dtype, target.variant_kw
     vae = load_component(AutoencoderKL, model, "vae", torch_dtype=dt, **kw)
     vae_dtype = torch.float32 if vae.config.get("force_upcast", True) and dt != torch.float32 else dt
     return {

@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import AnyV2VError
-from ..loading import load_component, load_json
+from ..loading import load_component, load_json, load_target
 from ..settings import ClipSettings
 from ..windows import WindowLimits
 from .base import Backbone, Branch, Conditioning
@@ -72,10 +72,10 @@ class ConsistI2V(FrameByFrameVAE, Backbone):
     ) -> ConsistI2V:
         """Load from the hub id or a local folder in its layout (unet/, vae/, text_encoder/, tokenizer/,
         scheduler/). The VAE runs in float32 under half precision (the SD-2.1 VAE's `force_upcast`)."""
-        model = model or cls.default_model
-        parts = load_sd_parts(model, device, dtype, variant)
-        kw = {"variant": variant} if variant else {}
-        unet = load_component(ConsistI2VUNet, model, "unet", torch_dtype=parts["dtype"], **kw).to(parts["device"])
+        target = load_target(model, cls.default_model, device, dtype, variant)
+        parts = load_sd_parts(target)
+        unet = load_component(ConsistI2VUNet, target.model, "unet", torch_dtype=target.dtype, **target.variant_kw)
+        unet = unet.to(target.device)
         return cls(
             unet, parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler_config"], parts["vae_dtype"]
         )

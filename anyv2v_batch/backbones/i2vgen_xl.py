@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, I2VGenXLUNet
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..imaging import center_crop_wide, to_pil
-from ..loading import load_component, load_json, resolve_device, resolve_dtype
+from ..loading import load_component, load_json, load_target
 from .base import Backbone, Branch, Conditioning
 from .common import vae_decode_video, vae_encode
 
@@ -93,10 +93,8 @@ class I2VGenXL(Backbone):
         float32 on the CPU; float16 / bfloat16 on CUDA. The VAE runs in float32 whenever its config asks
         for `force_upcast` (the SD VAE overflows in float16 at 512 px).
         """
-        model = model or cls.default_model
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        kw = {"variant": variant} if variant else {}
+        target = load_target(model, cls.default_model, device, dtype, variant)
+        model, dev, dt, kw = target.model, target.device, target.dtype, target.variant_kw
         unet = load_component(I2VGenXLUNet, model, "unet", torch_dtype=dt, **kw)
         vae = load_component(AutoencoderKL, model, "vae", torch_dtype=dt, **kw)
         vae_dtype = torch.float32 if vae.config.get("force_upcast", False) and dt != torch.float32 else dt

@@ -28,7 +28,7 @@ from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import AnyV2VError
-from ..loading import hub_offline, load_component, load_json
+from ..loading import hub_offline, load_component, load_json, load_target
 from ..schedule import Schedule, SEINESchedule
 from .base import Backbone, Branch, Conditioning
 from .common import FrameByFrameVAE, encode_prompts, frames_to_pixels, load_sd_parts, unique_rows, vae_encode
@@ -113,9 +113,9 @@ class SEINE(FrameByFrameVAE, Backbone):
         dtype: str | torch.dtype | None = None,
         variant: str | None = None,
     ) -> SEINE:
-        model = model or cls.default_model
-        parts = load_sd_parts(model, device, dtype, variant)
-        unet = load_seine_unet(model, parts["dtype"]).to(parts["device"])
+        target = load_target(model, cls.default_model, device, dtype, variant)
+        parts = load_sd_parts(target)
+        unet = load_seine_unet(target.model, target.dtype).to(target.device)
         return cls(
             unet, parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler_config"], parts["vae_dtype"]
         )
