@@ -64,6 +64,12 @@ def _check_output(source: Path, output: Path, overwrite: bool, kinds: str = "vid
     check_writable_path(output)  # a temporary file where the output will go, before any model loads
 
 
+SOLVER_HELP = "Inversion solver: ddim (the U-Nets), euler or midpoint (wan2.2-ti2v; midpoint: 2 calls a step)."
+PNP_ATTN_HELP = "wan2.2-ti2v: fraction of steps injecting the source's self-attention Q/K [0.5]."
+PNP_FEATURE_HELP = "wan2.2-ti2v: fraction of steps injecting the source's feed-forward features [0.2]."
+SHIFT_HELP = "wan2.2-ti2v: the sigma grid's shift, for sampling and inversion alike [5.0]."
+
+
 @app.command()
 def edit(
     source: Annotated[Path, typer.Argument(help="Source video file (decord) or folder of frame images.")],
@@ -87,10 +93,13 @@ def edit(
         str | None, typer.Option(help="Negative prompt [default: the backbone's official one].")
     ] = None,
     inversion_prompt: Annotated[str, typer.Option(help="Prompt for DDIM inversion (the source branch).")] = "",
-    inversion_steps: Annotated[int, typer.Option(help="DDIM inversion steps.")] = 500,
+    inversion_steps: Annotated[
+        int | None, typer.Option(help="Inversion steps [default: wan2.2-ti2v 50, else 500 (DDIM)].")
+    ] = None,
     inversion_save_steps: Annotated[
         int | None, typer.Option(help="Keep inverted latents on this coarser grid [default: seine 250, else all].")
     ] = None,
+    inversion_solver: Annotated[str | None, typer.Option(help=SOLVER_HELP)] = None,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
     guidance_scale: Annotated[
         float | None, typer.Option(help="Classifier-free guidance [default: i2vgen-xl 9, consisti2v 35, seine 4].")
@@ -103,6 +112,9 @@ def edit(
         float | None, typer.Option(help="Fraction of steps injecting temporal attention Q/K [0.5].")
     ] = None,
     pnp_cross: Annotated[float, typer.Option(help="Fraction of steps injecting cross-attention Q/K (seine).")] = 0.0,
+    pnp_attn: Annotated[float | None, typer.Option(help=PNP_ATTN_HELP)] = None,
+    pnp_feature: Annotated[float | None, typer.Option(help=PNP_FEATURE_HELP)] = None,
+    shift: Annotated[float | None, typer.Option(help=SHIFT_HELP)] = None,
     init_step: Annotated[
         int | None, typer.Option(help="Index of the first sampling step [default: consisti2v 4, else 0].")
     ] = None,
@@ -116,7 +128,10 @@ def edit(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 8888,
-    fps: Annotated[float, typer.Option(help="Resample a video to this fps; the fps condition.")] = 8.0,
+    fps: Annotated[
+        float | None,
+        typer.Option(help="Resample a video to this fps; the fps condition [default: wan2.2-ti2v 24, else 8]."),
+    ] = None,
     frames: Annotated[str, typer.Option(help=FRAMES_HELP)] = "16",
     max_frames: Annotated[int, typer.Option(help=MAX_FRAMES_HELP)] = 256,
     too_long: Annotated[str, typer.Option(help=TOO_LONG_HELP)] = "error",
@@ -158,17 +173,19 @@ def edit(
     editor = editor or "provided"
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     clip_settings = dataclasses.replace(
-        defaults["clip"], frames=_frames(frames), fps=fps, resize=resize, max_frames=max_frames, too_long=too_long,
-        **given(width=width, height=height),
+        defaults["clip"], resize=resize, max_frames=max_frames, too_long=too_long,
+        **given(width=width, height=height, frames=_frames(frames), fps=fps),
     ).validate()  # fmt: skip
+    fps = clip_settings.fps
     window_settings = WindowSettings(
         frames=window_frames, overlap=window_overlap, max_frames=window_max_frames, match_stats=window_match_stats,
         blend=window_blend,
     ).validate()  # fmt: skip
     width, height = clip_settings.width, clip_settings.height
     inv_settings = dataclasses.replace(
-        defaults["inversion"], steps=inversion_steps, prompt=inversion_prompt, **given(save_steps=inversion_save_steps)
-    ).validate()
+        defaults["inversion"], prompt=inversion_prompt,
+        **given(steps=inversion_steps, save_steps=inversion_save_steps, solver=inversion_solver, shift=shift),
+    ).validate()  # fmt: skip
     edit_settings = dataclasses.replace(
         defaults["edit"],
         prompt=prompt,
@@ -179,6 +196,7 @@ def edit(
         fix_source_frame=fix_source_frame,
         **given(negative_prompt=negative_prompt, guidance_scale=guidance_scale, init_step=init_step),
         **given(pnp_conv=pnp_conv, pnp_spatial=pnp_spatial, pnp_temporal=pnp_temporal),
+        **given(pnp_attn=pnp_attn, pnp_feature=pnp_feature, shift=shift),
     ).validate()
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
@@ -225,7 +243,7 @@ def edit(
         bb.compile()
     cut = f" (cut to --max-frames {total})" if truncated else ""
     windows = f" in {len(plan)} windows of {first.frames}" if len(plan) > 1 else ""
-    _say(quiet, f"inverting {source} ({total} frames{cut}{windows}, {width}x{height}, {inversion_steps} steps)")
+    _say(quiet, f"inverting {source} ({total} frames{cut}{windows}, {width}x{height}, {inv_settings.steps} steps)")
     seconds = {"inversion": 0.0}
 
     def inversion_of(w: Window):
@@ -534,7 +552,9 @@ RUN_FLAGS = {
     "evaluate_model": "evaluate.model", "max_frames": "clip.max_frames", "too_long": "clip.too_long",
     "window_frames": "window.frames", "window_overlap": "window.overlap", "window_max_frames": "window.max_frames",
     "window_match_stats": "window.match_stats", "window_blend": "window.blend", "preset": "preset",
-    "accept_noncommercial_models": "accept_noncommercial_models",
+    "accept_noncommercial_models": "accept_noncommercial_models", "pnp_attn": "edit.pnp_attn",
+    "pnp_feature": "edit.pnp_feature", "shift": ("edit.shift", "inversion.shift"),
+    "inversion_solver": "inversion.solver",
 }  # fmt: skip
 PROGRESS_EVERY_HELP = (
     "Without a terminal, log the progress line every SECONDS (a terminal's is redrawn in place). "
@@ -569,6 +589,10 @@ def run(
     pnp_spatial: Annotated[float | None, typer.Option(help="Spatial Q/K injection fraction.")] = None,
     pnp_temporal: Annotated[float | None, typer.Option(help="Temporal Q/K injection fraction.")] = None,
     pnp_cross: Annotated[float | None, typer.Option(help="Cross-attention Q/K injection fraction (seine).")] = None,
+    pnp_attn: Annotated[float | None, typer.Option(help=PNP_ATTN_HELP)] = None,
+    pnp_feature: Annotated[float | None, typer.Option(help=PNP_FEATURE_HELP)] = None,
+    shift: Annotated[float | None, typer.Option(help=SHIFT_HELP)] = None,
+    inversion_solver: Annotated[str | None, typer.Option(help=SOLVER_HELP)] = None,
     fix_source_frame: Annotated[
         bool | None, typer.Option(help="consisti2v: source branch on the source frame (official: the edited one).")
     ] = None,
@@ -632,7 +656,10 @@ def _job_command(mode: str, *, job_file, input, set_, editor_option, progress_ev
     overrides |= {f"editor.options.{k}": v for k, v in parse_set(editor_option or [], "--editor-option").items()}
     evaluate = flags.pop("evaluate", None)
     flags["frames"] = _frames(flags.get("frames"))
-    overrides |= {RUN_FLAGS[k]: v for k, v in flags.items() if v is not None}
+    for k, v in flags.items():
+        if v is not None:  # a flag may set several fields (--shift: the edit's and the inversion's grid)
+            fields = RUN_FLAGS[k] if isinstance(RUN_FLAGS[k], tuple) else (RUN_FLAGS[k],)
+            overrides |= dict.fromkeys(fields, v)
     if evaluate or flags.get("evaluate_model"):  # on: the job's mode, else flag with thresholds, else score
         overrides["evaluate.mode"] = parse_set(set_ or []).get("evaluate.mode", "on")
     if input:

@@ -33,7 +33,7 @@ def flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 def variant_fields(job: JobSpec, variant: VariantSpec, model: str, weights: str) -> dict[str, Any]:
     """The flat {"edit.steps": 50, ...} of everything that changes this variant's outputs."""
-    edit = dataclasses.asdict(variant.edit)
+    edit = recorded_fields(variant.edit)  # fields added later count only once set (settings.ADDED_LATER)
     edit.pop("seed")  # a variant's seed is `seed`; the edit's own is derived per sample
     fields: dict[str, Any] = {
         "backbone": variant.backbone,

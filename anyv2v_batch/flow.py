@@ -103,3 +103,44 @@ VelocityFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (sample, step i
 
 def euler(x: torch.Tensor, v: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
     return x + (sigma_to - sigma_from) * v
+
+
+def grid_keys(steps: int) -> list[int]:
+    """Integer keys of a `steps`-step grid's points, noisiest first (`steps + 1` keys, the last 0).
+
+    A key is the point's place on the unshifted grid, `linspace(0.999, 0, steps + 1)`, in millionths: it
+    does not depend on the shift, and a grid with k times the steps holds every point of the coarser one
+    under the same keys. Stored inversions are keyed by it, so a 100-step inversion serves a 50-step edit
+    (with the same shift)."""
+    return [round(u * 1e6) for u in np.linspace(0.999, 0, steps + 1)]
+
+
+class FlowSchedule:
+    """The planning interface of `schedule.Schedule` for flow-matching backbones, over grid keys: the
+    edit reads the inversion at the key of each step and starts from the first one's."""
+
+    num_train_timesteps = NUM_TRAIN_TIMESTEPS
+
+    def __init__(self, config: dict | None = None):
+        self.config = dict(config or {})
+
+    @classmethod
+    def from_model(cls, model: str) -> FlowSchedule:
+        return cls()  # the grid is the official one whatever the weights' scheduler config says
+
+    def timesteps(self, steps: int, inverse: bool = False) -> list[int]:
+        keys = grid_keys(steps)
+        return sorted(keys) if inverse else keys[:-1]
+
+    def source_timestep(self, t: int) -> int:
+        return t
+
+    def start_timestep(self, run, inversion_settings, from_first_step: bool = True) -> int:
+        return run[0]
+
+    def stored_timesteps(self, inversion_settings) -> list[int]:
+        visited = self.timesteps(inversion_settings.steps, inverse=True)
+        if inversion_settings.save_steps is None:
+            return visited
+        grid = set(self.timesteps(inversion_settings.save_steps, inverse=True))
+        return [k for k in visited if k in grid]

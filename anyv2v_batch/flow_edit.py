@@ -122,7 +122,7 @@ def injection_positions(backbone: WanTI2V, settings: FlowEditSettings) -> dict[s
 @torch.no_grad()
 def edit(
     backbone: WanTI2V,
-    inverted: torch.Tensor,
+    inverted: torch.Tensor | Callable[[int], torch.Tensor],
     edited_first: torch.Tensor,
     source_first: torch.Tensor,
     context: torch.Tensor,
@@ -136,26 +136,32 @@ def edit(
     and the source first-frame latents [1, 48, 1, h, w], contexts [1, 512, D] -> edited latents [1, ...].
 
     `on_step(i, t, edit_sample, source_velocity)` sees every step (the source velocity is None where
-    nothing injects: the source call is skipped)."""
-    if inverted.shape[0] != settings.steps + 1:
-        raise ValueError(f"the inversion has {inverted.shape[0] - 1} steps, the edit {settings.steps}")
+    nothing injects: the source call is skipped). `injector_out` receives the (kind, step index) pairs
+    that injected. `inverted[i]` is the inversion at step i's grid point (only the first `steps` are read),
+    or `inverted(i)` gives it [1, ...] (read at the first step and where the source branch runs)."""
+    if not callable(inverted):
+        if inverted.shape[0] < settings.steps:
+            raise ValueError(f"the inversion holds {inverted.shape[0]} grid points, the edit needs {settings.steps}")
+        stack = inverted
+        inverted = lambda i: stack[i : i + 1]  # noqa: E731
     sigmas, timesteps = sampling_grid(settings.steps, settings.shift)
     solver = UniPC(sigmas)
     windows = settings.injected_steps()
-    _, _, frames, h, w = inverted[:1].shape
+    start = inverted(0).float()
+    h, w = start.shape[-2:]
     first_tokens = (h // backbone.patch) * (w // backbone.patch)
-    x = pin_first_frame(inverted[:1].float(), edited_first)
+    x = pin_first_frame(start, edited_first)
     edit_contexts = torch.cat([context, negative_context])
     with FeatureInjector(backbone.transformer, injection_positions(backbone, settings)) as injector:
         injector.kept_tokens = {"feature": first_tokens, "attention": 0 if settings.attn_first_frame else first_tokens}
         for i, t in enumerate(timesteps.tolist()):
             kinds = {kind for kind, steps in windows.items() if i in steps}
             source_v = None
-            if kinds:
-                injector.record(t, kinds)
-                source = pin_first_frame(inverted[i : i + 1].float(), source_first)
+            if kinds:  # the injector counts steps by index: (kind, i) in `fired`
+                injector.record(i, kinds)
+                source = pin_first_frame(inverted(i).float(), source_first)
                 source_v = backbone.velocity(source, t, source_context)
-            injector.inject(t, kinds)
+            injector.inject(i, kinds)
             cond, uncond = backbone.velocity(torch.cat([x, x]), t, edit_contexts).chunk(2)
             injector.pass_through()
             if on_step is not None:

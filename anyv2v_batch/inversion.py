@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone, Branch
+from .errors import AnyV2VError
 from .imaging import as_rgb_array
 from .integrity import CONTENT_DIGEST, content_digest
 from .schedule import missing_timestep_error, set_schedule
@@ -131,8 +132,13 @@ def invert_batch(
         raise ValueError("invert_batch needs clips of one shape")
     num_frames, height, width = clips[0].shape[:3]
     backbone.check_clip(ClipSettings(frames=num_frames, fps=fps, width=width, height=height).validate())
+    if backbone.flow == (settings.solver == "ddim"):
+        kinds = "euler or midpoint" if backbone.flow else "ddim"
+        raise AnyV2VError(f"--inversion-solver {settings.solver} does not apply to {backbone.name}: use {kinds}")
     stored = set(backbone.schedule.stored_timesteps(settings))
     wanted = stored if keep is None else stored & {int(t) for t in keep}
+    if backbone.flow:
+        return _invert_flow(backbone, clips, settings, fps, wanted, latents, on_step)
     row = 1 if settings.guidance_scale > 1.0 else 0  # the positive branch's conditioning row
 
     inversions = []
@@ -165,6 +171,34 @@ def invert_batch(
                 settings=settings,
             )
         )
+    return inversions
+
+
+def _invert_flow(backbone, clips, settings, fps, wanted, latents, on_step) -> list[Inversion]:
+    """A flow-matching backbone's inversion (flow_edit.invert) as `Inversion`s keyed by grid keys."""
+    from .flow import grid_keys
+    from .flow_edit import invert as flow_invert
+
+    keys = grid_keys(settings.steps)  # grid point i <-> keys[i]; the clean source is the last, key 0
+    shift = settings.shift or 5.0
+    context = backbone.condition([Branch(settings.prompt, clips[0][0])], 0, fps)["context"]
+    negative = None
+    if settings.guidance_scale != 1.0:
+        negative = backbone.condition([Branch(settings.negative_prompt, clips[0][0])], 0, fps)["context"]
+    inversions = []
+    for c, frames in enumerate(clips):
+        video = backbone.encode_video(frames) if latents is None else latents[c].to(backbone.device, torch.float32)
+        points = flow_invert(backbone, video, context, settings.steps, shift, settings.solver, settings.guidance_scale,
+                             negative)  # fmt: skip
+        kept_t, kept_x = [], []
+        for n, i in enumerate(range(settings.steps, -1, -1)):  # ascending keys: the clean end first
+            if on_step is not None:
+                on_step(c, n, keys[i], points[i : i + 1])
+            if keys[i] in wanted:
+                kept_t.append(keys[i])
+                kept_x.append(points[i].to("cpu", torch.float32))
+        inversions.append(Inversion(backbone.name, tuple(kept_t), torch.stack(kept_x) if kept_t else torch.empty(0),
+                                    frames[0], fps, settings))  # fmt: skip
     return inversions
 
 

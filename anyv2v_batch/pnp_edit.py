@@ -17,13 +17,16 @@ import torch
 
 from .backbones.base import Backbone, Branch
 from .errors import AnyV2VError
+from .flow import FlowSchedule
 from .imaging import prepare_first_frame
 from .injection import FeatureInjector
 from .inversion import Inversion
 from .schedule import Schedule, missing_timestep_error, set_schedule
 from .settings import EditSettings, InversionSettings
 
-INJECTION_KINDS = ("conv", "spatial", "temporal", "cross")
+UNET_KINDS = ("conv", "spatial", "temporal", "cross")
+DIT_KINDS = ("attention", "feature")  # flow_edit.py: self-attention Q/K and feed-forward outputs
+INJECTION_KINDS = UNET_KINDS + DIT_KINDS
 
 
 @dataclass
@@ -47,6 +50,8 @@ def injection_windows(timesteps: list[int], settings: EditSettings) -> dict[str,
         "spatial": settings.pnp_spatial,
         "temporal": settings.pnp_temporal,
         "cross": settings.pnp_cross,
+        "attention": settings.pnp_attn,
+        "feature": settings.pnp_feature,
     }
     return {k: set(timesteps[start : start + int(settings.steps * f)]) for k, f in fractions.items()}
 
@@ -84,6 +89,7 @@ def plan_sampling(
 ) -> SamplingPlan:
     """Plan the edit (see `edit` for the flags); sets the timesteps of `scheduler` if one is given."""
     check_injection_kinds(type(backbone), settings)
+    type(backbone).check_knobs(settings, inversion_settings)
     return plan_schedule(backbone.schedule, settings, inversion_settings, inject, trim_source, scheduler)
 
 
@@ -122,6 +128,12 @@ def check_inversion_serves(inversion_settings: InversionSettings, needed: list[i
     """Refuse, before any work, an edit whose timesteps an inversion with these settings does not store."""
     have = set(schedule.stored_timesteps(inversion_settings))
     for t in needed:
+        if t not in have and isinstance(schedule, FlowSchedule):  # keys are grid points, not timesteps
+            raise AnyV2VError(
+                f"the inversion's grid does not hold the edit's point {t / 1e6:.6f} (of linspace(0.999, 0)): "
+                f"{inversion_settings.steps} inversion steps do not visit it; the inversion's step count must "
+                "be a multiple of --steps"
+            )
         if t not in have:
             raise missing_timestep_error(t, inversion_settings.steps, inversion_settings.save_steps)
 
@@ -133,6 +145,7 @@ def check_edit_settings(
     the backbone has, and whether the inversion stores every latent the edit reads (the model's
     scheduler config is all that is read)."""
     check_injection_kinds(backbone_cls, settings)
+    backbone_cls.check_knobs(settings, inversion_settings)
     try:
         schedule = backbone_cls.schedule_class.from_model(model or backbone_cls.default_model)
     except AnyV2VError:
@@ -289,7 +302,7 @@ def edit_batch(
             raise AnyV2VError(f"the inversion was made with {r.inversion.backbone}, not {backbone.name}; invert again")
     if len({batch_key(r) for r in requests}) != 1:
         raise ValueError("edit_batch needs one schedule and one latent shape; group requests by batch_key")
-    scheduler = backbone.scheduler()
+    scheduler = None if backbone.flow else backbone.scheduler()  # flow: the official grid, no scheduler
     plans = [
         plan_sampling(backbone, r.settings, r.inversion.settings, inject, trim_source, scheduler) for r in requests
     ]
@@ -298,6 +311,8 @@ def edit_batch(
             r.inversion.at(t)  # fail before any work if an inversion lacks a needed timestep
     run = plans[0].run
     frames = [prepare_first_frame(r.first_frame, *r.inversion.size) for r in requests]
+    if backbone.flow:
+        return [_edit_flow(backbone, r, frames[j], plans[j], decode, j, on_step) for j, r in enumerate(requests)]
 
     # source branches in first-appearance order: one per clip (the same `Inversion` object), carried
     # while any of its edits injects; per edit where it is conditioned on the edited frame (ConsistI2V)
@@ -370,11 +385,49 @@ def edit_batch(
         latents = backbone.full_video(xs[j], own_cond[j], own_rows[j] - 1)
         with_source = run[: last_source[source_of[j]] + 1]
         injected = {
-            k: [t for t in with_source if t in plans[j].windows[k] and (k, t) in fired] for k in INJECTION_KINDS
+            k: [t for t in with_source if t in plans[j].windows[k] and (k, t) in fired] for k in UNET_KINDS
         }
         frames_out = to_uint8_frames(backbone.decode_video(latents)) if decode else None
         results.append(EditResult(latents.to("cpu", torch.float32), frames_out, run, injected, entries[j]))
     return results
+
+
+def _edit_flow(backbone, request: EditRequest, frame: np.ndarray, plan: SamplingPlan, decode: bool, j: int,
+               on_step) -> EditResult:  # fmt: skip
+    """A flow-matching backbone's edit (flow_edit.edit) from an `Inversion` keyed by grid keys."""
+    from .flow_edit import FlowEditSettings
+    from .flow_edit import edit as flow_edit
+
+    s, inv = request.settings, request.inversion
+    injecting = plan.last_source_step >= 0
+    flow_settings = FlowEditSettings(
+        steps=s.steps, shift=s.shift or 5.0, guidance=s.guidance_scale,
+        pnp_attn=s.pnp_attn if injecting else 0.0, pnp_feature=s.pnp_feature if injecting else 0.0,
+        attn_first_frame=s.attn_first_frame, feature_blocks=s.feature_blocks,
+    )  # fmt: skip
+
+    def inverted(i: int) -> torch.Tensor:  # step i reads the inversion at its grid key
+        return inv.at(plan.run[i]).to(backbone.device)
+
+    context = backbone.condition([Branch(s.prompt, frame)], 0, inv.fps)["context"]
+    negative = backbone.condition([Branch(s.negative_prompt, frame)], 0, inv.fps)["context"]
+    source_context = backbone.condition([Branch(inv.settings.prompt, inv.source_first_frame)], 0, inv.fps)["context"]
+    source_calls: list[bool] = []  # per step: did the source branch run
+
+    def step(i, t, x, source_v):
+        source_calls.append(source_v is not None)
+        if on_step is not None:
+            on_step(j, i, plan.run[i], x)
+
+    fired: list = []
+    latents = flow_edit(
+        backbone, inverted, backbone.encode_image(frame), backbone.encode_image(inv.source_first_frame), context,
+        negative, source_context, flow_settings, on_step=step, injector_out=fired,
+    )  # fmt: skip
+    injected = {k: [plan.run[i] for i in range(len(plan.run)) if (k, i) in fired[0]] for k in DIT_KINDS}
+    frames_out = to_uint8_frames(backbone.decode_video(latents)) if decode else None
+    entries = 2 * len(source_calls) + sum(source_calls)
+    return EditResult(latents.to("cpu", torch.float32), frames_out, list(plan.run), injected, entries)
 
 
 def to_uint8_batch(video: torch.Tensor) -> list[np.ndarray]:

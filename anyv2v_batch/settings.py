@@ -20,6 +20,13 @@ OFFICIAL_NEGATIVE_PROMPT = (
 
 InjectionWindow = Literal["official", "from-start"]
 TOO_LONG = ("error", "truncate")
+SOLVERS = ("ddim", "euler", "midpoint")  # inversion: DDIM for the U-Nets; flow ODE steps for the DiTs
+# Wan2.2's official default negative prompt (Wan-Video/Wan2.2 wan/configs/shared_config.py)
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
+    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
 BLENDS = ("earlier", "linear")
 
 
@@ -100,6 +107,10 @@ class InversionSettings:
     # keep the latents only at the timesteps of a `save_steps`-step schedule (None: at every step).
     # SEINE's official inversion saves on a 250-step grid and its edit starts from the noisiest saved one
     save_steps: int | None = None
+    # flow-matching backbones (wan2.2-ti2v): "euler" or "midpoint" (RF-Solver's second order) over the
+    # sampler's grid with this shift; the U-Nets' DDIM inversion is "ddim" and has no shift
+    solver: str = "ddim"
+    shift: float | None = None
 
     def validate(self) -> InversionSettings:
         ok_steps = isinstance(self.steps, int) and self.steps >= 1
@@ -107,6 +118,8 @@ class InversionSettings:
         ok_save = self.save_steps is None or (isinstance(self.save_steps, int) and self.save_steps >= 1)
         _check(ok_save, "save_steps", "an integer >= 1 (or unset: every step)", self.save_steps, "inversion_save_steps")
         _check(self.guidance_scale >= 0, "guidance_scale", ">= 0", self.guidance_scale, "inversion_guidance_scale")
+        _check(self.solver in SOLVERS, "solver", f"one of {', '.join(SOLVERS)}", self.solver, "inversion_solver")
+        _check(self.shift is None or self.shift > 0, "shift", "> 0", self.shift, "inversion_shift")
         return self
 
 
@@ -133,11 +146,19 @@ class EditSettings:
     # ConsistI2V only: the official code conditions the source branch on the EDITED first frame (a bug);
     # True conditions it on the source's own first frame. Other backbones always use the source frame
     fix_source_frame: bool = False
+    # flow-matching DiTs (wan2.2-ti2v): self-attention Q/K injected for the first `pnp_attn` of the steps
+    # (with `attn_first_frame`, on the first frame's tokens too), feed-forward features of
+    # `feature_blocks` (None: the middle third) for the first `pnp_feature`; `shift` maps the sigma grid
+    pnp_attn: float = 0.0
+    pnp_feature: float = 0.0
+    attn_first_frame: bool = True
+    feature_blocks: tuple[int, ...] | None = None
+    shift: float | None = None
 
     def validate(self) -> EditSettings:
         _check(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
         _check(self.guidance_scale >= 0, "guidance_scale", ">= 0", self.guidance_scale)
-        for name in ("pnp_conv", "pnp_spatial", "pnp_temporal", "pnp_cross", "random_ratio"):
+        for name in ("pnp_conv", "pnp_spatial", "pnp_temporal", "pnp_cross", "pnp_attn", "pnp_feature", "random_ratio"):
             v = getattr(self, name)
             _check(0.0 <= v <= 1.0, name, "between 0 and 1", v)
         _check(
@@ -147,6 +168,9 @@ class EditSettings:
             self.init_step,
         )
         _check(self.eta >= 0, "eta", ">= 0", self.eta)
+        _check(self.shift is None or self.shift > 0, "shift", "> 0", self.shift)
+        blocks_ok = self.feature_blocks is None or all(isinstance(b, int) and b >= 0 for b in self.feature_blocks)
+        _check(blocks_ok, "feature_blocks", "block indices (integers >= 0)", self.feature_blocks)
         _check(
             self.injection_window in ("official", "from-start"),
             "injection_window",
@@ -174,6 +198,22 @@ BACKBONE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "inversion": {"save_steps": 250},
         "edit": {"guidance_scale": 4.0, "negative_prompt": ""},
     },
+    # Wan-Video/Wan2.2 wan/configs/wan_ti2v_5B.py (50 steps, shift 5, guidance 5, 121 frames at 24 fps,
+    # 1280x704) and shared_config.py (the negative prompt); inversion on the same grid, Euler
+    "wan2.2-ti2v": {
+        "clip": {"frames": 121, "fps": 24.0, "width": 1280, "height": 704},
+        "inversion": {"steps": 50, "solver": "euler", "shift": 5.0},
+        "edit": {
+            "guidance_scale": 5.0,
+            "negative_prompt": WAN_NEGATIVE_PROMPT,
+            "shift": 5.0,
+            "pnp_conv": 0.0,
+            "pnp_spatial": 0.0,
+            "pnp_temporal": 0.0,
+            "pnp_attn": 0.5,
+            "pnp_feature": 0.2,
+        },
+    },
 }
 SECTION_CLASSES = {
     "clip": ClipSettings, "inversion": InversionSettings, "edit": EditSettings, "window": WindowSettings,
@@ -183,6 +223,14 @@ SECTION_CLASSES = {
 # out of fingerprints and inversion ids while at those defaults, so that what was made before stays valid
 ADDED_LATER: dict[type, dict[str, Any]] = {
     ClipSettings: {"max_frames": 256, "too_long": "error"},
+    InversionSettings: {"solver": "ddim", "shift": None},
+    EditSettings: {
+        "pnp_attn": 0.0,
+        "pnp_feature": 0.0,
+        "attn_first_frame": True,
+        "feature_blocks": None,
+        "shift": None,
+    },
     WindowSettings: {f.name: f.default for f in dataclasses.fields(WindowSettings)},
 }
 

@@ -133,7 +133,7 @@ def inversion_id(
     identity, see loading.weights_identity) and every setting that changes it (the decoded frames' hash
     is checked separately, inside the entry). A window of a long clip is the clip of its frames that
     starts at frame `start` (windows.py): the first window of a clip is stored as the clip of its length."""
-    parts = [backbone, model, weights, recorded_fields(clip), dataclasses.asdict(inversion)]
+    parts = [backbone, model, weights, recorded_fields(clip), recorded_fields(inversion)]
     text = json.dumps(parts, sort_keys=True)
     name = "inv-" + hashlib.sha256(text.encode()).hexdigest()[:16]
     return f"{name}-at{start}" if start else name

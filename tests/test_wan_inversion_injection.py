@@ -97,7 +97,7 @@ def test_each_fraction_fires_at_exactly_its_steps_and_the_source_branch_is_its_o
 
     edit(wan, inverted, edited, source[:, :, :1], ctx, neg, src_ctx, settings, on_step, injector_out=fired)
     t = timesteps.tolist()
-    assert fired[0] == {("attention", x) for x in t[:4]} | {("feature", x) for x in t[:2]}
+    assert fired[0] == {("attention", i) for i in range(4)} | {("feature", i) for i in range(2)}
     for i in range(steps):
         if i >= 4:
             assert seen[i] is None  # nothing injects: no source call

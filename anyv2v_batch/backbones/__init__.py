@@ -14,6 +14,7 @@ BACKBONES: dict[str, str] = {
     "i2vgen-xl": "anyv2v_batch.backbones.i2vgen_xl:I2VGenXL",
     "consisti2v": "anyv2v_batch.backbones.consisti2v:ConsistI2V",
     "seine": "anyv2v_batch.backbones.seine:SEINE",
+    "wan2.2-ti2v": "anyv2v_batch.backbones.wan_ti2v:WanTI2V",
 }
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import AnyV2VError
 from ..schedule import Schedule
-from ..settings import ClipSettings
+from ..settings import ClipSettings, EditSettings, InversionSettings
 from ..windows import WindowLimits
 
 # UNet keyword tensors, batch first, one entry per branch.
@@ -53,6 +53,8 @@ class Backbone(ABC):
     source_branch_on_edited_frame: ClassVar[bool] = False
     # the noise schedules and which inverted latents the sampler reads (checked from configs before work)
     schedule_class: ClassVar[type[Schedule]] = Schedule
+    # a flow-matching model: inverted and sampled by flow_edit.py's loops, not the DDIM ones
+    flow: ClassVar[bool] = False
 
     schedule: Schedule
 
@@ -111,6 +113,19 @@ class Backbone(ABC):
     def check_settings(cls, model: str | None, clip: ClipSettings) -> None:
         """Reject, from configs alone (no weights loaded), clip settings this model cannot run."""
         return None  # I2VGen-XL and SEINE: any frame count; sizes are checked by ClipSettings
+
+    @classmethod
+    def check_knobs(cls, edit: EditSettings, inversion: InversionSettings) -> None:
+        """Reject, before any work, settings that belong to another kind of backbone (the DiT's knobs)."""
+        dit = {"pnp_attn": edit.pnp_attn, "pnp_feature": edit.pnp_feature, "shift": edit.shift,
+               "feature_blocks": edit.feature_blocks, "inversion_shift": inversion.shift}  # fmt: skip
+        for name, value in dit.items():
+            if value:
+                raise AnyV2VError(f"--{name.replace('_', '-')} applies to wan2.2-ti2v, not {cls.name}; leave it unset")
+        if inversion.solver != "ddim":
+            raise AnyV2VError(
+                f"--inversion-solver {inversion.solver} applies to wan2.2-ti2v; {cls.name} inverts with ddim"
+            )
 
     def check_clip(self, clip: ClipSettings) -> None:
         """Reject geometries this model cannot run, before any work."""

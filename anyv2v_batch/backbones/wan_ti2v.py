@@ -10,47 +10,41 @@ Guidance is two branches, `uncond + g * (cond - uncond)`, with the official defa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..flow import UniPC, sampling_grid
+from ..errors import AnyV2VError
+from ..flow import FlowSchedule, UniPC, sampling_grid
+from ..loading import load_component, load_target
+from ..settings import WAN_NEGATIVE_PROMPT, ClipSettings, EditSettings, InversionSettings
+from .base import Backbone, Branch, Conditioning
 
-# the official default negative prompt (Wan-Video/Wan2.2 wan/configs/shared_config.py)
-DEFAULT_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
-    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
-    "三条腿，背景人很多，倒着走"
-)
+DEFAULT_NEGATIVE_PROMPT = WAN_NEGATIVE_PROMPT
 TEXT_LENGTH = 512  # umT5 slots; prompts are trimmed to their tokens, then zero-padded to this
 
 
-@dataclass(frozen=True)
-class WanDefaults:
-    """The official TI2V defaults (wan/configs/wan_ti2v_5B.py)."""
-
-    steps: int = 50
-    shift: float = 5.0
-    guidance: float = 5.0
-    frames: int = 121
-    fps: float = 24.0
-    width: int = 1280
-    height: int = 704
-
-
-class WanTI2V:
-    """The networks and the conditioning; the sampling and inversion loops live in `flow_edit.py`."""
+class WanTI2V(Backbone):
+    """The networks and the conditioning; the sampling and inversion loops live in `flow_edit.py` (the
+    DDIM loops of the U-Nets do not apply: `flow` says so to `invert_batch` / `edit_batch`)."""
 
     name = "wan2.2-ti2v"
     default_model = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
-    defaults = WanDefaults()
+    flow: ClassVar[bool] = True
+    schedule_class = FlowSchedule
+    injection_positions: ClassVar[dict] = {}  # per edit: flow_edit.injection_positions (they depend on its blocks)
     patch = 2  # the transformer's spatial patch
     vae_scale_factor = 16
     vae_scale_factor_temporal = 4
+    size_multiple = 32  # patch 2 x VAE stride 16
+    window_frames: ClassVar[int] = 121
+    max_window_frames: ClassVar[int] = 121
 
     def __init__(self, transformer, vae, text_encoder=None, tokenizer=None, device="cpu", dtype=torch.float32):
+        self.schedule = FlowSchedule()
         self.transformer = transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.unet = self.transformer  # what the shared code (compile, hooks) calls the denoiser
         self.vae = vae.to(device=device).eval().requires_grad_(False)  # the VAE stays float32
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
@@ -62,6 +56,84 @@ class WanTI2V:
             1, -1, 1, 1, 1
         )
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        variant: str | None = None,
+    ) -> WanTI2V:
+        """From a hub id or a local folder in the diffusers layout (transformer/, vae/, text_encoder/,
+        tokenizer/). The transformer and umT5 in `dtype` (bfloat16 on a GPU: the official precision;
+        float32 on the CPU); the VAE in float32, as the official code runs it."""
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        target = load_target(model, cls.default_model, device, dtype, variant)
+        dt = torch.bfloat16 if target.device.type == "cuda" and dtype in (None, "auto") else target.dtype
+        kw = target.variant_kw
+        transformer = load_component(WanTransformer3DModel, target.model, "transformer", torch_dtype=dt, **kw)
+        vae = load_component(AutoencoderKLWan, target.model, "vae", torch_dtype=torch.float32, **kw)
+        text_encoder = load_component(UMT5EncoderModel, target.model, "text_encoder", dtype=dt, **kw)
+        tokenizer = load_component(AutoTokenizer, target.model, "tokenizer")
+        return cls(transformer, vae, text_encoder.to(target.device).eval(), tokenizer, target.device, dt)
+
+    # ---- what can be refused before any work
+    def check_clip(self, clip: ClipSettings) -> None:
+        self.check_geometry(clip)
+
+    @classmethod
+    def check_settings(cls, model: str | None, clip: ClipSettings) -> None:
+        cls.check_geometry(clip)
+
+    @classmethod
+    def check_geometry(cls, clip: ClipSettings) -> None:
+        m = cls.size_multiple
+        if clip.width % m or clip.height % m:
+            raise AnyV2VError(
+                f"{cls.name} needs --width and --height that are multiples of {m} (its patch of 2 latent "
+                f"pixels of 16), got {clip.width}x{clip.height}; e.g. 1280x704 or 832x480"
+            )
+        if isinstance(clip.frames, int) and (clip.frames - 1) % cls.vae_scale_factor_temporal:
+            n = clip.frames
+            lower, upper = n - (n - 1) % 4, n - (n - 1) % 4 + 4
+            raise AnyV2VError(
+                f"{cls.name} needs a frame count of 4k + 1 (its VAE packs 4 frames per latent after the first), "
+                f"got --frames {n}; use --frames {lower} or {upper}"
+            )
+
+    @classmethod
+    def check_knobs(cls, edit: EditSettings, inversion: InversionSettings) -> None:
+        unet_knobs = {"pnp_conv": edit.pnp_conv, "pnp_spatial": edit.pnp_spatial, "pnp_temporal": edit.pnp_temporal,
+                      "pnp_cross": edit.pnp_cross}  # fmt: skip
+        for name, value in unet_knobs.items():
+            if value:
+                flag = name.replace("_", "-")
+                raise AnyV2VError(
+                    f"--{flag} is a U-Net injection; {cls.name} injects with --pnp-attn and --pnp-feature "
+                    f"(set --{flag} 0)"
+                )
+        if inversion.solver == "ddim":
+            raise AnyV2VError(f"{cls.name} is a flow-matching model: --inversion-solver euler or midpoint, not ddim")
+        if (edit.shift or 5.0) != (inversion.shift or 5.0):
+            raise AnyV2VError(
+                f"the edit's grid (--shift {edit.shift}) is not the inversion's (--inversion-shift {inversion.shift}); "
+                "use one shift for both"
+            )
+        unsupported = {"eta": edit.eta > 0, "init_step": edit.init_step > 0, "random_ratio": edit.random_ratio > 0}
+        for name, bad in unsupported.items():
+            if bad:
+                flag = name.replace("_", "-")
+                raise AnyV2VError(f"--{flag} is not supported with {cls.name}; leave it at 0")
+
+    # ---- the Backbone interface (the shared code's view)
+    def condition(self, branches: Sequence[Branch], num_frames: int, fps: float) -> Conditioning:
+        return {"context": self.encode_prompts([b.prompt for b in branches])}
+
+    def predict(self, latents: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+        return self.velocity(latents, t, cond["context"])
+
     # ---- pixels <-> latents
     @torch.no_grad()
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
@@ -69,7 +141,7 @@ class WanTI2V:
 
         Latent frame 0 depends on the first frame alone (the VAE is causal and encodes it as its own chunk),
         so it is the image latent the sampler pins."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = torch.from_numpy(np.array(frames, dtype=np.uint8)).to(self.device)  # a copy: inputs stay read-only
         x = x.permute(3, 0, 1, 2).unsqueeze(0).float().div(255).sub(0.5).div(0.5)  # as TF.to_tensor, then [-1, 1]
         mean = self.vae.encode(x).latent_dist.mode()
         return ((mean.float() - self.latents_mean) * self.latents_inv_std).contiguous()
