@@ -177,3 +177,42 @@ def test_text_encoder_loader_applies_the_prefix_and_position_ids_changes():
     assert set(loaded) == {text_name(k) for k in old if k not in TEXT_DROPPED}
     assert all(torch.equal(loaded[text_name(k)], v) for k, v in old.items() if k not in TEXT_DROPPED)
     assert torch.equal(old["text_model.embeddings.position_ids"], torch.arange(77)[None])  # what the buffer holds
+
+
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers, as diffusers' scripts/convert_wan_to_diffusers.py writes it (transformer:
+# the "Wan2.2-TI2V-5B" entry; VAE: convert_vae_22); the 48-entry latent tables do not shape the state dict
+WAN_MANIFEST = Path(__file__).parent / "fixtures" / "wan-ti2v-reference" / "MANIFEST-full.json"
+WAN_TRANSFORMER_CONFIG = {
+    "patch_size": (1, 2, 2), "num_attention_heads": 24, "attention_head_dim": 128, "in_channels": 48,
+    "out_channels": 48, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 14336, "num_layers": 30,
+    "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
+    "added_kv_proj_dim": None, "rope_max_seq_len": 1024,
+}  # fmt: skip
+WAN_VAE_CONFIG = {
+    "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+    "attn_scales": [], "temperal_downsample": [False, True, True], "dropout": 0.0, "is_residual": True,
+    "in_channels": 12, "out_channels": 12, "patch_size": 2, "scale_factor_temporal": 4, "scale_factor_spatial": 16,
+}  # fmt: skip
+
+
+def test_wan_transformer_and_vae_match_the_official_full_size_models():
+    """The official TI2V-5B transformer (5.0 B parameters) and Wan2.2 VAE, key for key through our key map."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from anyv2v_batch import convert_wan
+
+    manifest = json.loads(WAN_MANIFEST.read_text())
+    with torch.device("meta"):
+        ours = {
+            "transformer": WanTransformer3DModel(**WAN_TRANSFORMER_CONFIG).state_dict(),
+            "vae": AutoencoderKLWan(**WAN_VAE_CONFIG).state_dict(),
+        }
+    rename = {"transformer": convert_wan.transformer_state_dict, "vae": convert_wan.vae_state_dict}
+    for part in ("transformer", "vae"):
+        official = {k: torch.empty(0) for k in manifest[part]}
+        mapped = {new: old for old, new in zip(official, rename[part](official), strict=True)}
+        assert set(mapped) == set(ours[part]), part
+        for new, old in mapped.items():
+            assert list(ours[part][new].shape) == manifest[part][old], (part, new, old)
+    params = sum(torch.Size(s).numel() for s in manifest["transformer"].values())
+    assert 4.99e9 < params < 5.01e9
