@@ -384,9 +384,7 @@ def edit_batch(
     for j in range(len(requests)):
         latents = backbone.full_video(xs[j], own_cond[j], own_rows[j] - 1)
         with_source = run[: last_source[source_of[j]] + 1]
-        injected = {
-            k: [t for t in with_source if t in plans[j].windows[k] and (k, t) in fired] for k in UNET_KINDS
-        }
+        injected = {k: [t for t in with_source if t in plans[j].windows[k] and (k, t) in fired] for k in UNET_KINDS}
         frames_out = to_uint8_frames(backbone.decode_video(latents)) if decode else None
         results.append(EditResult(latents.to("cpu", torch.float32), frames_out, run, injected, entries[j]))
     return results

@@ -71,9 +71,10 @@ MANIFESTS = {
     "consisti2v": FIXTURES / "consisti2v-reference" / "MANIFEST-full.json",
     "seine": FIXTURES / "seine-reference" / "MANIFEST-full.json",
 }
-BACKBONES = tuple(TINY)
-TINY_GEOMETRY = {"i2vgen-xl": (8, 32), "consisti2v": (8, 32), "seine": (8, 64)}  # (frames, size)
-SMOKE_GEOMETRY = {"i2vgen-xl": (4, 64), "consisti2v": (16, 64), "seine": (4, 64)}
+UNETS = tuple(TINY)  # "all"
+BACKBONES = (*UNETS, "wan2.2-ti2v")
+TINY_GEOMETRY = {"i2vgen-xl": (8, 32), "consisti2v": (8, 32), "seine": (8, 64), "wan2.2-ti2v": (9, 64)}
+SMOKE_GEOMETRY = {"i2vgen-xl": (4, 64), "consisti2v": (16, 64), "seine": (4, 64), "wan2.2-ti2v": (5, 64)}
 CLIP_PREPROCESS = {"crop_size": {"height": 224, "width": 224}, "image_mean": [0.48145466, 0.4578275, 0.40821073],
                    "image_std": [0.26862954, 0.26130258, 0.27577711]}  # fmt: skip
 
@@ -179,7 +180,41 @@ def full_size_seine(device: str, dtype: torch.dtype):
                  vae_dtype=vd)  # fmt: skip
 
 
-FULL_SIZE = {"i2vgen-xl": full_size_i2vgen_xl, "consisti2v": full_size_consisti2v, "seine": full_size_seine}
+def full_size_wan(device: str, dtype: torch.dtype):
+    """Wan2.2-TI2V-5B at its real sizes (the 5.0 B transformer, the Wan2.2 VAE, umT5-XXL's encoder) with
+    random weights; the configs are tests/test_manifests.py's (checked there against the official code)."""
+    import sys
+
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from anyv2v_batch.backbones.wan_ti2v import WanTI2V
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_manifests import WAN_TRANSFORMER_CONFIG, WAN_VAE_CONFIG
+    from wan_tiny import tiny_tokenizer
+
+    with torch.device(device):
+        transformer = WanTransformer3DModel(**WAN_TRANSFORMER_CONFIG).to(dtype)
+        vae = AutoencoderKLWan(**WAN_VAE_CONFIG)
+        text = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                           num_heads=64, feed_forward_proj="gated-gelu")).to(dtype)  # fmt: skip
+    return WanTI2V(transformer, vae, text.eval(), tiny_tokenizer(), device, dtype)
+
+
+def wan_tiny_folder() -> Path:
+    """The tiny recorded Wan model as a loadable folder (built once per process from tests/fixtures)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from wan_tiny import build_tiny_wan_folder
+
+    return build_tiny_wan_folder(Path(tempfile.mkdtemp()) / "tiny-wan")
+
+
+FULL_SIZE = {"i2vgen-xl": full_size_i2vgen_xl, "consisti2v": full_size_consisti2v, "seine": full_size_seine,
+             "wan2.2-ti2v": full_size_wan}  # fmt: skip
 
 
 def full_size_backbone(name: str, device: str, dtype: torch.dtype):
@@ -237,7 +272,8 @@ class PredictMeter:
     def __init__(self, backbone, cuda: bool):
         self.calls = self.entries = 0
         self.seconds = 0.0
-        inner = backbone.predict
+        method = "velocity" if backbone.flow else "predict"  # the DiT's loops call `velocity`
+        inner = getattr(backbone, method)
 
         def predict(latents, t, cond):
             if cuda:
@@ -251,7 +287,7 @@ class PredictMeter:
             self.entries += latents.shape[0]
             return out
 
-        backbone.predict = predict
+        setattr(backbone, method, predict)
 
     def snapshot(self) -> tuple[int, int, float]:
         return self.calls, self.entries, self.seconds
@@ -276,10 +312,11 @@ def peak_memory_gib(device: str) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def synthetic_clip(frames: int, size: int, seed: int) -> np.ndarray:
+def synthetic_clip(frames: int, size: int, seed: int, height: int | None = None) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = np.stack([xx * 200 / size, yy * 200 / size, 0 * xx + 120], -1)
+    height = height or size
+    yy, xx = np.mgrid[0:height, 0:size]
+    base = np.stack([xx * 200 / size, yy * 200 / height, 0 * xx + 120], -1)
     return np.stack([np.clip(base + rng.normal(0, 8, base.shape), 0, 255) for _ in range(frames)]).astype(np.uint8)
 
 
@@ -304,7 +341,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
     p.add_argument("--frames", type=int, default=None, help="default: per backbone (see above)")
-    p.add_argument("--size", type=int, default=None, help="default: per backbone (see above)")
+    p.add_argument("--size", type=int, default=None, help="width (and height) (default: per backbone, see above)")
+    p.add_argument("--height", type=int, default=None, help="a height other than --size (wan2.2-ti2v: 704, 480)")
     p.add_argument("--inversion-steps", type=int, nargs="+", default=None, help="default: 100 500 (smoke: 10)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: 10 for 100, else 50; smoke: 5)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="clips per UNet call (default: 1 2; smoke: 1)")
@@ -314,7 +352,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     chosen = set(args.backbone or ["all"])
-    names = [n for n in BACKBONES if n in chosen or "all" in chosen]
+    names = [n for n in BACKBONES if n in chosen or ("all" in chosen and n in UNETS)]
 
     from anyv2v_batch import EditSettings, load_backbone
     from anyv2v_batch.inversion import invert_batch
@@ -348,13 +386,15 @@ def main() -> None:
         else:
             frames, size = TINY_GEOMETRY[name]
         frames, size = args.frames or frames, args.size or size
+        height = args.height or (defaults["clip"].height if full and not args.smoke and not args.size else size)
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for compiled in compiles:
                 if full:
                     backbone = full_size_backbone(name, args.device, dtype)
                 else:
-                    backbone = load_backbone(name, str(TINY[name]), device=args.device, dtype=dtype)
+                    folder = wan_tiny_folder() if name == "wan2.2-ti2v" else TINY[name]
+                    backbone = load_backbone(name, str(folder), device=args.device, dtype=dtype)
                 if compiled:
                     backbone.compile()
                 meter = PredictMeter(backbone, cuda)
@@ -369,12 +409,17 @@ def main() -> None:
                     check_inversion_serves(inv_settings, plan.needed, backbone.schedule)
                     ran = len(plan.run)
                     for batch in batches:
-                        clips = [synthetic_clip(frames, size, seed) for seed in range(batch)]
+                        clips = [synthetic_clip(frames, size, seed, height) for seed in range(batch)]
                         if compiled:  # compile outside the timing
                             warm_inv = replace(defaults["inversion"], steps=2)
                             inv = invert_batch(backbone, clips, warm_inv, fps=8)
-                            warm = EditSettings(prompt="a robot", steps=2, pnp_conv=0.5, pnp_spatial=0.5,
-                                                pnp_temporal=0.5)  # fmt: skip
+                            warm = (
+                                replace(defaults["edit"], prompt="a robot", steps=2)
+                                if backbone.flow
+                                else EditSettings(
+                                    prompt="a robot", steps=2, pnp_conv=0.5, pnp_spatial=0.5, pnp_temporal=0.5
+                                )
+                            )
                             edit_batch(backbone, [EditRequest(i, c[0], warm) for i, c in zip(inv, clips, strict=True)])
                         if cuda:
                             torch.cuda.synchronize()
@@ -393,7 +438,7 @@ def main() -> None:
                         inv_s, samp_s = (t1 - t0) / batch, (t2 - t1) / batch
                         unet_inv = (m1[2] - m0[2]) / max(m1[0] - m0[0], 1)
                         unet_edit = (m2[2] - m1[2]) / max(m2[0] - m1[0], 1)
-                        print(f"| {name} | {frames}x{size}x{size} | {dtype_name} | {'yes' if compiled else 'no'} | "
+                        print(f"| {name} | {frames}x{size}x{height} | {dtype_name} | {'yes' if compiled else 'no'} | "
                               f"{batch} | {inv_steps} | {ran}/{steps} | {inv_s:.2f} | {samp_s:.2f} | "
                               f"{inv_s + samp_s:.2f} | {(t1 - t0) / inv_steps:.4f} | {(t2 - t1) / ran:.4f} | "
                               f"{unet_inv:.4f} | {unet_edit:.4f} | {(m2[1] - m0[1]) / batch:.0f} | "

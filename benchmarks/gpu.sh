@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu.sh backbones      # I2VGen-XL, ConsistI2V, SEINE: float16, one clip per call
 #   bash benchmarks/gpu.sh i2vgen-xl      # I2VGen-XL: float16 and bfloat16, 1-4 clips per call
 #   bash benchmarks/gpu.sh compile        # I2VGen-XL with torch.compile
+#   bash benchmarks/gpu.sh wan            # Wan2.2-TI2V-5B: 1280x704 x 121 and 832x480 x 81, bfloat16
 # The tokenizers, scheduler configs and manifests come from the shared recordings (../shared/fixtures). A lent
 # GPU machine gets only the repository: copy them without weights into .shared/ (git-ignored) and name it
 # in the device tool's `carry`:
@@ -28,7 +29,7 @@ if [[ "${1:-}" == "--smoke" ]]; then
 fi
 PARTS=("$@")
 if [[ ${#PARTS[@]} -eq 0 ]]; then
-    PARTS=(backbones i2vgen-xl compile)
+    PARTS=(backbones i2vgen-xl compile wan)
 fi
 bench() { python benchmarks/bench_engine.py "$@" "${SMOKE[@]}"; }
 
@@ -53,8 +54,20 @@ for part in "${PARTS[@]}"; do
                 --dtypes float16 --batches 1 2 --compile yes
         fi
         ;;
+    wan)
+        # Wan2.2-TI2V-5B at its official defaults (50 Euler inversion steps on the sampling grid, 50 UniPC
+        # sampling steps, guidance 5 with two branches, the source branch while injecting), bfloat16:
+        # 720p x 121 frames, then 480p x 81. (The smoke builds the 5 B transformer and umT5-XXL on the
+        # CPU: about 21 GB in bfloat16, so it is left out of --smoke.)
+        if [[ ${#SMOKE[@]} -eq 0 ]]; then
+            bench --full-size --device cuda --backbone wan2.2-ti2v --inversion-steps 50 --steps 50 \
+                --dtypes bfloat16 --batches 1
+            bench --full-size --device cuda --backbone wan2.2-ti2v --inversion-steps 50 --steps 50 \
+                --dtypes bfloat16 --batches 1 --frames 81 --size 832 --height 480
+        fi
+        ;;
     *)
-        echo "unknown part '$part' (backbones, i2vgen-xl, compile)" >&2
+        echo "unknown part '$part' (backbones, i2vgen-xl, compile, wan)" >&2
         exit 2
         ;;
     esac

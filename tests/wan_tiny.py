@@ -54,24 +54,31 @@ def load_case(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 WORDS = "a an the red green blue yellow white black disc square stripe moves bounces left right up down slowly on"
 
 
-def build_tiny_wan_folder(folder: Path) -> Path:
-    """The tiny recorded model as a product would load it: the diffusers layout (transformer/, vae/,
-    text_encoder/ a tiny umT5, tokenizer/ a word-level fast tokenizer), safetensors throughout."""
+def tiny_tokenizer():
+    """A word-level fast tokenizer over the world's words, ending each prompt with </s> as umT5's does."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    from transformers import PreTrainedTokenizerFast
 
-    transformer, vae = tiny_modules()
-    transformer.save_pretrained(folder / "transformer")
-    vae.save_pretrained(folder / "vae")
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS.split())}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    fast.save_pretrained(folder / "tokenizer")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_wan_folder(folder: Path) -> Path:
+    """The tiny recorded model as a product would load it: the diffusers layout (transformer/, vae/,
+    text_encoder/ a tiny umT5, tokenizer/ a word-level fast tokenizer), safetensors throughout."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    transformer, vae = tiny_modules()
+    transformer.save_pretrained(folder / "transformer")
+    vae.save_pretrained(folder / "vae")
+    tokenizer = tiny_tokenizer()
+    tokenizer.save_pretrained(folder / "tokenizer")
     torch.manual_seed(3)
     config = UMT5Config(
-        vocab_size=len(vocab), d_model=official_config()["model"]["text_dim"], d_kv=8, d_ff=32, num_layers=1,
+        vocab_size=len(tokenizer), d_model=official_config()["model"]["text_dim"], d_kv=8, d_ff=32, num_layers=1,
         num_heads=2, relative_attention_num_buckets=8, relative_attention_max_distance=16,
     )  # fmt: skip
     UMT5EncoderModel(config).save_pretrained(folder / "text_encoder")

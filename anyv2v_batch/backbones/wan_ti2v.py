@@ -43,7 +43,7 @@ class WanTI2V(Backbone):
 
     def __init__(self, transformer, vae, text_encoder=None, tokenizer=None, device="cpu", dtype=torch.float32):
         self.schedule = FlowSchedule()
-        self.transformer = transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.transformer = cast_keeping_fp32(transformer, dtype).to(device).eval().requires_grad_(False)
         self.unet = self.transformer  # what the shared code (compile, hooks) calls the denoiser
         self.vae = vae.to(device=device).eval().requires_grad_(False)  # the VAE stays float32
         self.text_encoder = text_encoder
@@ -194,6 +194,17 @@ class WanTI2V(Backbone):
             return_dict=False,
         )[0]
         return out.float()
+
+
+def cast_keeping_fp32(transformer: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`dtype`, except the modules diffusers keeps in float32 (`_keep_in_fp32_modules`: RoPE, the time
+    embedding, the modulation tables, the norms), as `from_pretrained(torch_dtype=...)` loads them and as
+    the official code computes them."""
+    keep = tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    for name, param in transformer.named_parameters():  # buffers (RoPE's tables) stay as they are
+        kept = any(part in keep for part in name.split("."))
+        param.data = param.data.to(torch.float32 if kept else dtype)
+    return transformer
 
 
 def pad_prompts(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
