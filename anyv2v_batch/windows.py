@@ -47,11 +47,13 @@ class Window:
 @dataclass(frozen=True)
 class WindowLimits:
     """What a backbone takes: chained windows of `frames`, one window up to `max_frames`; `exact`: it runs
-    exactly `frames` frames (ConsistI2V's UNet bakes in its frame count)."""
+    exactly `frames` frames (ConsistI2V's UNet bakes in its frame count); `step`: every window has
+    step * k + 1 frames (Wan2.2's VAE packs 4 frames per latent after the first)."""
 
     frames: int
     max_frames: int
     exact: bool = False
+    step: int = 1
 
 
 def plan_windows(total: int, frames: int, overlap: int, max_frames: int) -> tuple[Window, ...]:
@@ -90,13 +92,28 @@ def resolve_limits(limits: WindowLimits, settings: WindowSettings, backbone: str
         raise AnyV2VError(f"--window-overlap {settings.overlap} must be below the window length {frames}")
     if frames > most:
         raise AnyV2VError(f"--window-frames {frames} is longer than --window-max-frames {most}; lower one of them")
-    return WindowLimits(frames, most, limits.exact)
+    step = limits.step
+    for value, flag in ((frames, "--window-frames"), (most, "--window-max-frames")):
+        if (value - 1) % step:
+            low = value - (value - 1) % step
+            raise AnyV2VError(
+                f"{backbone} runs windows of {step}k + 1 frames; {flag} {value} is not one: use {low} or {low + step}"
+            )
+    return WindowLimits(frames, most, limits.exact, step)
 
 
 def plan_for(total: int, limits: WindowLimits, settings: WindowSettings) -> tuple[Window, ...]:
     """The plan of a clip of `total` frames, or the one-line error of a clip that no window fits."""
     if limits.exact and total < limits.frames:
         raise AnyV2VError(f"the clip has {total} frames, fewer than the {limits.frames} the model runs")
+    step = limits.step
+    if total <= limits.max_frames and (total - 1) % step:
+        # one window cannot hold it (not step * k + 1 frames): two windows of the longest length that fits,
+        # the second aligned to the clip's end, so no frame is dropped
+        frames = total - (total - 1) % step
+        if frames < step + 1:
+            raise AnyV2VError(f"the clip has {total} frames; the model needs at least {step + 1}")
+        return plan_windows(total, frames, min(settings.overlap, frames - 1), frames)
     return plan_windows(total, limits.frames, settings.overlap, limits.max_frames)
 
 

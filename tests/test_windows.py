@@ -298,3 +298,16 @@ def test_outputs_and_inversions_made_before_windows_existed_stay_valid():
     assert (
         fingerprint(variant_fields(windowed, windowed.variants[0], "ali-vilab/i2vgen-xl", "w123")) != "5e03529aac933a10"
     )
+
+
+def test_a_model_of_4k_plus_1_frames_windows_every_clip_without_dropping_a_frame():
+    """Wan2.2's windows have 4k + 1 frames: a clip of another length that one window would hold runs as two
+    windows of the longest such length (the second ending at the clip's end); a longer clip chains 121s;
+    an explicit window length that is not 4k + 1 is refused in one line."""
+    limits = resolve_limits(WindowLimits(121, 121, step=4), WindowSettings(), "wan2.2-ti2v")
+    plans = {n: [(w.start, w.frames) for w in plan_for(n, limits, WindowSettings())] for n in (9, 10, 50, 130)}
+    assert plans == {9: [(0, 9)], 10: [(0, 9), (1, 9)], 50: [(0, 49), (1, 49)], 130: [(0, 121), (9, 121)]}
+    with pytest.raises(AnyV2VError, match="the clip has 4 frames; the model needs at least 5"):
+        plan_for(4, limits, WindowSettings())
+    with pytest.raises(AnyV2VError, match="--window-frames 16 is not one: use 13 or 17"):
+        resolve_limits(WindowLimits(121, 121, step=4), WindowSettings(frames=16), "wan2.2-ti2v")

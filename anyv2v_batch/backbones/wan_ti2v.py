@@ -19,6 +19,7 @@ from ..errors import AnyV2VError
 from ..flow import FlowSchedule, UniPC, sampling_grid
 from ..loading import load_component, load_target
 from ..settings import WAN_NEGATIVE_PROMPT, ClipSettings, EditSettings, InversionSettings
+from ..windows import WindowLimits
 from .base import Backbone, Branch, Conditioning
 
 DEFAULT_NEGATIVE_PROMPT = WAN_NEGATIVE_PROMPT
@@ -78,6 +79,10 @@ class WanTI2V(Backbone):
         text_encoder = load_component(UMT5EncoderModel, target.model, "text_encoder", dtype=dt, **kw)
         tokenizer = load_component(AutoTokenizer, target.model, "tokenizer")
         return cls(transformer, vae, text_encoder.to(target.device).eval(), tokenizer, target.device, dt)
+
+    @classmethod
+    def window_limits(cls, model: str | None) -> WindowLimits:
+        return WindowLimits(cls.window_frames, cls.max_window_frames, step=cls.vae_scale_factor_temporal)
 
     # ---- what can be refused before any work
     def check_clip(self, clip: ClipSettings) -> None:
