@@ -132,7 +132,7 @@ def edit(
         float | None,
         typer.Option(help="Resample a video to this fps; the fps condition [default: wan2.2-ti2v 24, else 8]."),
     ] = None,
-    frames: Annotated[str, typer.Option(help=FRAMES_HELP)] = "16",
+    frames: Annotated[str | None, typer.Option(help=FRAMES_HELP + " [default: wan2.2-ti2v 121, else 16]")] = None,
     max_frames: Annotated[int, typer.Option(help=MAX_FRAMES_HELP)] = 256,
     too_long: Annotated[str, typer.Option(help=TOO_LONG_HELP)] = "error",
     window_frames: Annotated[int | None, typer.Option(help=WINDOW_FRAMES_HELP)] = None,
@@ -140,10 +140,14 @@ def edit(
     window_max_frames: Annotated[int | None, typer.Option(help=WINDOW_MAX_FRAMES_HELP)] = None,
     window_match_stats: Annotated[float, typer.Option(help=WINDOW_MATCH_HELP)] = 0.0,
     window_blend: Annotated[str, typer.Option(help=WINDOW_BLEND_HELP)] = "earlier",
-    width: Annotated[int | None, typer.Option(help="Width, multiple of 8 [default: consisti2v 256, else 512].")] = None,
-    height: Annotated[int | None, typer.Option(help="Height, multiple of 8 [default: as width].")] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Width, multiple of 8 [default: consisti2v 256, wan2.2-ti2v 1280, else 512].")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(help="Height, multiple of 8 [default: wan2.2-ti2v 704, else as width].")
+    ] = None,
     resize: Annotated[str, typer.Option(help="Fit frames to the size: stretch (official), crop or pad.")] = "stretch",
-    backbone: Annotated[str, typer.Option(help="i2vgen-xl, consisti2v or seine.")] = "i2vgen-xl",
+    backbone: Annotated[str, typer.Option(help="i2vgen-xl, consisti2v, seine or wan2.2-ti2v.")] = "i2vgen-xl",
     model: Annotated[str | None, typer.Option(help="Hub id or local folder (default: the official weights).")] = None,
     variant: Annotated[str | None, typer.Option(help="Weight variant to load, e.g. fp16.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -611,7 +615,7 @@ def run(
     height: Annotated[int | None, typer.Option(help="Height (multiple of 8).")] = None,
     resize: Annotated[str | None, typer.Option(help="stretch, crop or pad.")] = None,
     backbone: Annotated[
-        str | None, typer.Option(help="i2vgen-xl, consisti2v or seine (every variant; its defaults apply).")
+        str | None, typer.Option(help="i2vgen-xl, consisti2v, seine or wan2.2-ti2v (every variant; its defaults).")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Hub id or local folder of the backbone.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,

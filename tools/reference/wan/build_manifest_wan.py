@@ -24,12 +24,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run_official_wan_ti2v import import_official  # noqa: E402
 
 TRANSFORMER = dict(
-    model_type="ti2v", patch_size=(1, 2, 2), text_len=512, in_dim=48, dim=3072, ffn_dim=14336, freq_dim=256,
-    text_dim=4096, out_dim=48, num_heads=24, num_layers=30, window_size=(-1, -1), qk_norm=True,
-    cross_attn_norm=True, eps=1e-6,
+    model_type="ti2v",
+    patch_size=(1, 2, 2),
+    text_len=512,
+    in_dim=48,
+    dim=3072,
+    ffn_dim=14336,
+    freq_dim=256,
+    text_dim=4096,
+    out_dim=48,
+    num_heads=24,
+    num_layers=30,
+    window_size=(-1, -1),
+    qk_norm=True,
+    cross_attn_norm=True,
+    eps=1e-6,
 )
-VAE = dict(dim=160, dec_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-           temperal_downsample=[False, True, True], dropout=0.0)
+VAE = dict(
+    dim=160,
+    dec_dim=256,
+    z_dim=48,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    dropout=0.0,
+)
 
 
 def main() -> None:
@@ -45,7 +65,10 @@ def main() -> None:
         "vae": {k: list(v.shape) for k, v in vae.state_dict().items()},
     }
     Path(sys.argv[1]).write_text(json.dumps(manifest, indent=0))
-    print(len(manifest["transformer"]), "transformer keys,", sum(torch.Size(s).numel() for s in manifest["transformer"].values()) / 1e9, "B params;", len(manifest["vae"]), "VAE keys")
+    params = sum(torch.Size(s).numel() for s in manifest["transformer"].values())
+    print(
+        f"{len(manifest['transformer'])} transformer keys ({params / 1e9:.2f} B values), {len(manifest['vae'])} VAE keys"
+    )
 
 
 if __name__ == "__main__":
