@@ -66,9 +66,8 @@ def main() -> None:
     }
     Path(sys.argv[1]).write_text(json.dumps(manifest, indent=0))
     params = sum(torch.Size(s).numel() for s in manifest["transformer"].values())
-    print(
-        f"{len(manifest['transformer'])} transformer keys ({params / 1e9:.2f} B values), {len(manifest['vae'])} VAE keys"
-    )
+    keys = len(manifest["transformer"]), len(manifest["vae"])
+    print(f"{keys[0]} transformer keys ({params / 1e9:.2f} B values), {keys[1]} VAE keys")
 
 
 if __name__ == "__main__":
