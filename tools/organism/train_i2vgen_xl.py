@@ -166,6 +166,7 @@ def train_unet(
     noise_schedule = DDPMScheduler.from_pretrained(str(out), subfolder="scheduler")
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     warmup = min(200, steps // 10 + 1)
+
     def factor(s: int) -> float:  # counts this run's steps
         return min(1.0, (s + 1) / warmup) * ((1.0 - s / steps) if decay else 1.0)
 
