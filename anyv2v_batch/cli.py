@@ -67,6 +67,7 @@ def _check_output(source: Path, output: Path, overwrite: bool, kinds: str = "vid
 SOLVER_HELP = "Inversion solver: ddim (the U-Nets), euler or midpoint (wan2.2-ti2v; midpoint: 2 calls a step)."
 PNP_ATTN_HELP = "wan2.2-ti2v: fraction of steps injecting the source's self-attention Q/K [0.5]."
 PNP_FEATURE_HELP = "wan2.2-ti2v: fraction of steps injecting the source's feed-forward features [0.2]."
+ATTN_INJECTION_HELP = "wan2.2-ti2v: qk (the source's Q/K replace the edit's) or kv (the source's K/V shared) [qk]."
 SHIFT_HELP = "wan2.2-ti2v: the sigma grid's shift, for sampling and inversion alike [5.0]."
 
 
@@ -115,6 +116,7 @@ def edit(
     pnp_attn: Annotated[float | None, typer.Option(help=PNP_ATTN_HELP)] = None,
     pnp_feature: Annotated[float | None, typer.Option(help=PNP_FEATURE_HELP)] = None,
     shift: Annotated[float | None, typer.Option(help=SHIFT_HELP)] = None,
+    attn_injection: Annotated[str | None, typer.Option(help=ATTN_INJECTION_HELP)] = None,
     init_step: Annotated[
         int | None, typer.Option(help="Index of the first sampling step [default: consisti2v 4, else 0].")
     ] = None,
@@ -200,7 +202,7 @@ def edit(
         fix_source_frame=fix_source_frame,
         **given(negative_prompt=negative_prompt, guidance_scale=guidance_scale, init_step=init_step),
         **given(pnp_conv=pnp_conv, pnp_spatial=pnp_spatial, pnp_temporal=pnp_temporal),
-        **given(pnp_attn=pnp_attn, pnp_feature=pnp_feature, shift=shift),
+        **given(pnp_attn=pnp_attn, pnp_feature=pnp_feature, shift=shift, attn_injection=attn_injection),
     ).validate()
     if not source.exists():
         raise AnyV2VError(f"source {str(source)!r} does not exist")
@@ -558,7 +560,7 @@ RUN_FLAGS = {
     "window_match_stats": "window.match_stats", "window_blend": "window.blend", "preset": "preset",
     "accept_noncommercial_models": "accept_noncommercial_models", "pnp_attn": "edit.pnp_attn",
     "pnp_feature": "edit.pnp_feature", "shift": ("edit.shift", "inversion.shift"),
-    "inversion_solver": "inversion.solver",
+    "inversion_solver": "inversion.solver", "attn_injection": "edit.attn_injection",
 }  # fmt: skip
 PROGRESS_EVERY_HELP = (
     "Without a terminal, log the progress line every SECONDS (a terminal's is redrawn in place). "
@@ -597,6 +599,7 @@ def run(
     pnp_feature: Annotated[float | None, typer.Option(help=PNP_FEATURE_HELP)] = None,
     shift: Annotated[float | None, typer.Option(help=SHIFT_HELP)] = None,
     inversion_solver: Annotated[str | None, typer.Option(help=SOLVER_HELP)] = None,
+    attn_injection: Annotated[str | None, typer.Option(help=ATTN_INJECTION_HELP)] = None,
     fix_source_frame: Annotated[
         bool | None, typer.Option(help="consisti2v: source branch on the source frame (official: the edited one).")
     ] = None,

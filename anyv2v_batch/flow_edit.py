@@ -22,8 +22,11 @@ call ([conditional, negative]) then takes the recorded outputs:
   thing to the ResNet features AnyV2V injects; the middle blocks hold layout rather than the input's
   patch statistics or the output's appearance.
 
+With `attn_injection="kv"` the attention window shares K/V instead (`kv_sharing.SharedKV`): the edit's
+queries attend over its own keys and values and the source branch's, in every block.
+
 Text cross-attention (`attn2`) is never touched. Nothing patches `forward`: forward hooks only
-(`injection.FeatureInjector`).
+(`injection.FeatureInjector`, `kv_sharing.SharedKV`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from .backbones.wan_ti2v import WanTI2V, pin_first_frame
 from .flow import UniPC, sampling_grid
 from .injection import FeatureInjector
+from .kv_sharing import SharedKV
 
 SOLVERS = ("euler", "midpoint")
 
@@ -96,6 +100,7 @@ class FlowEditSettings:
     pnp_feature: float = 0.2
     attn_first_frame: bool = True
     feature_blocks: tuple[int, ...] | None = None  # None: the middle third of the blocks
+    attn_injection: str = "qk"  # "qk": the source's Q/K replace the edit's; "kv": K/V shared
 
     def blocks(self, num_blocks: int) -> tuple[int, ...]:
         if self.feature_blocks is not None:
@@ -113,8 +118,9 @@ class FlowEditSettings:
 
 def injection_positions(backbone: WanTI2V, settings: FlowEditSettings) -> dict[str, tuple[str, ...]]:
     n = len(backbone.transformer.blocks)
+    qk = settings.attn_injection == "qk"
     return {
-        "attention": tuple(f"blocks.{i}.attn1.{norm}" for i in range(n) for norm in ("norm_q", "norm_k")),
+        "attention": tuple(f"blocks.{i}.attn1.{norm}" for i in range(n) for norm in ("norm_q", "norm_k")) if qk else (),
         "feature": tuple(f"blocks.{i}.ffn" for i in settings.blocks(n)),
     }
 
@@ -152,22 +158,31 @@ def edit(
     first_tokens = (h // backbone.patch) * (w // backbone.patch)
     x = pin_first_frame(start, edited_first)
     edit_contexts = torch.cat([context, negative_context])
-    with FeatureInjector(backbone.transformer, injection_positions(backbone, settings)) as injector:
+    sharing = settings.attn_injection == "kv"
+    blocks = range(len(backbone.transformer.blocks))
+    with FeatureInjector(backbone.transformer, injection_positions(backbone, settings)) as injector, \
+            SharedKV(backbone.transformer, blocks if sharing else ()) as kv:  # fmt: skip
         injector.kept_tokens = {"feature": first_tokens, "attention": 0 if settings.attn_first_frame else first_tokens}
         for i, t in enumerate(timesteps.tolist()):
             kinds = {kind for kind, steps in windows.items() if i in steps}
+            hooked = kinds - {"attention"} if sharing else kinds  # what FeatureInjector carries
             source_v = None
             if kinds:  # the injector counts steps by index: (kind, i) in `fired`
-                injector.record(i, kinds)
+                injector.record(i, hooked)
+                if sharing and "attention" in kinds:
+                    kv.record()
                 source = pin_first_frame(inverted(i).float(), source_first)
                 source_v = backbone.velocity(source, t, source_context)
-            injector.inject(i, kinds)
+            injector.inject(i, hooked)
+            if sharing and "attention" in kinds:
+                kv.share(i)
             cond, uncond = backbone.velocity(torch.cat([x, x]), t, edit_contexts).chunk(2)
             injector.pass_through()
+            kv.off()
             if on_step is not None:
                 on_step(i, t, x, source_v)
             v = uncond + settings.guidance * (cond - uncond)
             x = pin_first_frame(solver.step(v, x), edited_first)
         if injector_out is not None:
-            injector_out.append(set(injector.fired))
+            injector_out.append(set(injector.fired) | {("attention", step) for step in kv.fired})
     return x

@@ -401,7 +401,7 @@ def _edit_flow(backbone, request: EditRequest, frame: np.ndarray, plan: Sampling
     flow_settings = FlowEditSettings(
         steps=s.steps, shift=s.shift or 5.0, guidance=s.guidance_scale,
         pnp_attn=s.pnp_attn if injecting else 0.0, pnp_feature=s.pnp_feature if injecting else 0.0,
-        attn_first_frame=s.attn_first_frame, feature_blocks=s.feature_blocks,
+        attn_first_frame=s.attn_first_frame, feature_blocks=s.feature_blocks, attn_injection=s.attn_injection,
     )  # fmt: skip
 
     def inverted(i: int) -> torch.Tensor:  # step i reads the inversion at its grid key

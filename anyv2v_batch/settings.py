@@ -154,6 +154,7 @@ class EditSettings:
     attn_first_frame: bool = True
     feature_blocks: tuple[int, ...] | None = None
     shift: float | None = None
+    attn_injection: str = "qk"  # "qk": the source's Q/K replace the edit's; "kv": the source's K/V shared
 
     def validate(self) -> EditSettings:
         _check(isinstance(self.steps, int) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
@@ -169,6 +170,7 @@ class EditSettings:
         )
         _check(self.eta >= 0, "eta", ">= 0", self.eta)
         _check(self.shift is None or self.shift > 0, "shift", "> 0", self.shift)
+        _check(self.attn_injection in ("qk", "kv"), "attn_injection", "qk or kv", self.attn_injection)
         blocks_ok = self.feature_blocks is None or all(isinstance(b, int) and b >= 0 for b in self.feature_blocks)
         _check(blocks_ok, "feature_blocks", "block indices (integers >= 0)", self.feature_blocks)
         _check(

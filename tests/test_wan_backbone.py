@@ -119,6 +119,9 @@ def test_the_fingerprint_covers_the_dit_knobs_and_leaves_unet_fingerprints_alone
     _, edit_s = settings()
     assert recorded_fields(edit_s)["pnp_attn"] == 0.5
     assert recorded_fields(dataclasses.replace(edit_s, pnp_attn=0.7)) != recorded_fields(edit_s)
+    assert recorded_fields(dataclasses.replace(edit_s, attn_injection="kv"))["attn_injection"] == "kv"
     unet = backbone_defaults("i2vgen-xl")
-    assert not {"pnp_attn", "pnp_feature", "shift", "feature_blocks"} & set(recorded_fields(unet["edit"]))
+    assert not {"pnp_attn", "pnp_feature", "shift", "feature_blocks", "attn_injection"} & set(
+        recorded_fields(unet["edit"])
+    )
     assert not {"solver", "shift"} & set(recorded_fields(unet["inversion"]))

@@ -142,3 +142,43 @@ def test_feature_injection_keeps_the_first_frame_tokens_own():
     overwrite_branches(output, source, keep=2)
     assert torch.equal(output[:, :2], own[:, :2])
     assert torch.equal(output[:, 2:], source[:, 2:].expand(2, -1, -1))
+
+
+def test_kv_sharing_attends_over_both_branches_and_is_exact_where_they_agree(clip_latents):
+    """One softmax over [own; source] keys: where the source branch's K/V equal the edit's own (the same
+    latent, frame and prompt), every key counts twice and the attention is unchanged (to rounding);
+    where they differ, the edit changes; it fires at exactly the attention window's steps."""
+    from anyv2v_batch.kv_sharing import SharedKV
+
+    source, edited, (src_ctx, ctx, neg) = clip_latents
+    wan = tiny_wan()
+    x = pin_first_frame(source.clone(), source[:, :, :1])
+    with SharedKV(wan.transformer, range(len(wan.transformer.blocks))) as kv:
+        kv.record()
+        own = wan.velocity(x, 700, src_ctx)
+        kv.share(0)
+        shared = wan.velocity(torch.cat([x, x]), 700, torch.cat([src_ctx, src_ctx]))
+        kv.off()
+        assert kv.fired == {0}
+    assert float((shared[:1] - own).abs().max() / own.abs().max()) < 1e-5
+    inverted = invert(wan, source, src_ctx, 8, 5.0)
+    fired = []
+    run = {
+        mode: edit(
+            wan,
+            inverted,
+            edited,
+            source[:, :, :1],
+            ctx,
+            neg,
+            src_ctx,
+            FlowEditSettings(steps=8, pnp_attn=0.5, pnp_feature=0, attn_injection=mode),
+            injector_out=fired,
+        )  # fmt: skip
+        for mode in ("qk", "kv")
+    }
+    assert fired[1] == {("attention", i) for i in range(4)}
+    none = edit(
+        wan, inverted, edited, source[:, :, :1], ctx, neg, src_ctx, FlowEditSettings(steps=8, pnp_attn=0, pnp_feature=0)
+    )
+    assert not torch.equal(run["kv"], none) and not torch.equal(run["kv"], run["qk"])
