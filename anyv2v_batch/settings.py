@@ -232,6 +232,7 @@ ADDED_LATER: dict[type, dict[str, Any]] = {
         "attn_first_frame": True,
         "feature_blocks": None,
         "shift": None,
+        "attn_injection": "qk",
     },
     WindowSettings: {f.name: f.default for f in dataclasses.fields(WindowSettings)},
 }
