@@ -43,7 +43,7 @@ def time_smooth(wan: WanTI2V) -> WanTI2V:
 def test_inversion_converges_at_the_solver_order(clip_latents):
     source, _, (context, _, _) = clip_latents
     wan = time_smooth(tiny_wan())
-    fine = invert(wan, source, context, 512, 5.0, "midpoint")[0]
+    fine = invert(wan, source, context, 256, 5.0, "midpoint")[0]  # its own error: ~7e-6 relative
 
     def error(steps, solver):
         return float((invert(wan, source, context, steps, 5.0, solver)[0] - fine).norm() / fine.norm())
