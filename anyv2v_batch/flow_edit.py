@@ -59,7 +59,6 @@ def invert(
     solver: str = "euler",
     guidance: float = 1.0,
     negative_context: torch.Tensor | None = None,
-    on_call: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Source latents [1, 48, T, h, w] -> the latent at every grid point, [steps + 1, 48, T, h, w]
     (index i at sigma_i; index `steps` is the source itself). Guidance > 1 needs `negative_context`."""
@@ -69,8 +68,6 @@ def invert(
     first = source[:, :, :1]
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        if on_call is not None:
-            on_call(t)
         if guidance == 1.0 or negative_context is None:
             return backbone.velocity(x, t, context)
         cond, uncond = backbone.velocity(torch.cat([x, x]), t, torch.cat([context, negative_context])).chunk(2)
