@@ -1,22 +1,24 @@
-"""Flow-matching sampling and inversion steps (rectified flow: x_sigma = (1 - sigma) x0 + sigma noise,
+"""Flow-matching grids and the sampler (rectified flow: x_sigma = (1 - sigma) x0 + sigma noise,
 the model predicts the velocity v = noise - x0).
 
 The grid is the official Wan2.2 one: `sigma = shift-map(linspace(0.999, 0, N + 1)[:-1])` with a final 0,
 and integer model timesteps `int(sigma * 1000)` (diffusers' default UniPC grid starts at 1 - 1e-6 and
 ends elsewhere; see ../shared/notes/wan-ti2v.md). `UniPC` is the official `FlowUniPCMultistepScheduler`'s
 update (order 2, B(h) = e^h - 1, x0 prediction, corrector on, first order at the last step), written as
-one small stateful stepper over that grid. Inversion runs the grid backwards with Euler or RF-Solver's
-second-order midpoint step.
+one small stateful stepper over that grid. `FlowSchedule` plans edits and stored inversions on grid keys;
+the inversion and the injected sampling loops are `flow_edit.py`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
+from .errors import AnyV2VError
+from .schedule import Schedule
+
 NUM_TRAIN_TIMESTEPS = 1000
+DEFAULT_SHIFT = 5.0  # Wan2.2 TI2V's official `sample_shift`: where a setting leaves the shift unset
 
 
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
@@ -98,13 +100,6 @@ class UniPC:
         return base - alpha_t * b_h * corr
 
 
-VelocityFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (sample, step index, timestep) -> velocity
-
-
-def euler(x: torch.Tensor, v: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
-    return x + (sigma_to - sigma_from) * v
-
-
 def grid_keys(steps: int) -> list[int]:
     """Integer keys of a `steps`-step grid's points, noisiest first (`steps + 1` keys, the last 0).
 
@@ -115,32 +110,27 @@ def grid_keys(steps: int) -> list[int]:
     return [round(u * 1e6) for u in np.linspace(0.999, 0, steps + 1)]
 
 
-class FlowSchedule:
-    """The planning interface of `schedule.Schedule` for flow-matching backbones, over grid keys: the
-    edit reads the inversion at the key of each step and starts from the first one's."""
-
-    num_train_timesteps = NUM_TRAIN_TIMESTEPS
+class FlowSchedule(Schedule):
+    """`schedule.Schedule` for flow-matching backbones, over grid keys instead of DDIM timesteps: the edit
+    reads the inversion at the key of each step and starts from the first one's (the inherited rules)."""
 
     def __init__(self, config: dict | None = None):
-        self.config = dict(config or {})
+        super().__init__(config or {})
 
     @classmethod
     def from_model(cls, model: str) -> FlowSchedule:
         return cls()  # the grid is the official one whatever the weights' scheduler config says
 
+    def scheduler(self, inverse: bool = False):
+        raise TypeError("a flow-matching backbone has no DDIM scheduler: flow_edit.py steps its own grid")
+
     def timesteps(self, steps: int, inverse: bool = False) -> list[int]:
         keys = grid_keys(steps)
         return sorted(keys) if inverse else keys[:-1]
 
-    def source_timestep(self, t: int) -> int:
-        return t
-
-    def start_timestep(self, run, inversion_settings, from_first_step: bool = True) -> int:
-        return run[0]
-
-    def stored_timesteps(self, inversion_settings) -> list[int]:
-        visited = self.timesteps(inversion_settings.steps, inverse=True)
-        if inversion_settings.save_steps is None:
-            return visited
-        grid = set(self.timesteps(inversion_settings.save_steps, inverse=True))
-        return [k for k in visited if k in grid]
+    def missing_error(self, t: int, inversion_settings) -> AnyV2VError:
+        return AnyV2VError(
+            f"the inversion's grid does not hold the edit's point {t / 1e6:.6f} (of linspace(0.999, 0)): "
+            f"{inversion_settings.steps} inversion steps do not visit it; the inversion's step count must "
+            "be a multiple of --steps"
+        )

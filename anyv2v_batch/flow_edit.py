@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from .backbones.wan_ti2v import WanTI2V, pin_first_frame
-from .flow import UniPC, sampling_grid
+from .flow import DEFAULT_SHIFT, UniPC, sampling_grid
 from .injection import FeatureInjector
 from .kv_sharing import SharedKV
 
@@ -91,7 +91,7 @@ class FlowEditSettings:
     """The injected sampling (official Wan2.2 TI2V defaults for the sampler itself)."""
 
     steps: int = 50
-    shift: float = 5.0
+    shift: float = DEFAULT_SHIFT
     guidance: float = 5.0
     pnp_attn: float = 0.5
     pnp_feature: float = 0.2

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone, Branch
-from .errors import AnyV2VError
 from .imaging import as_rgb_array
 from .integrity import CONTENT_DIGEST, content_digest
 from .schedule import missing_timestep_error, set_schedule
@@ -132,9 +131,7 @@ def invert_batch(
         raise ValueError("invert_batch needs clips of one shape")
     num_frames, height, width = clips[0].shape[:3]
     backbone.check_clip(ClipSettings(frames=num_frames, fps=fps, width=width, height=height).validate())
-    if backbone.flow == (settings.solver == "ddim"):
-        kinds = "euler or midpoint" if backbone.flow else "ddim"
-        raise AnyV2VError(f"--inversion-solver {settings.solver} does not apply to {backbone.name}: use {kinds}")
+    type(backbone).check_inversion(settings)
     stored = set(backbone.schedule.stored_timesteps(settings))
     wanted = stored if keep is None else stored & {int(t) for t in keep}
     if backbone.flow:
@@ -176,11 +173,11 @@ def invert_batch(
 
 def _invert_flow(backbone, clips, settings, fps, wanted, latents, on_step) -> list[Inversion]:
     """A flow-matching backbone's inversion (flow_edit.invert) as `Inversion`s keyed by grid keys."""
-    from .flow import grid_keys
+    from .flow import DEFAULT_SHIFT, grid_keys
     from .flow_edit import invert as flow_invert
 
     keys = grid_keys(settings.steps)  # grid point i <-> keys[i]; the clean source is the last, key 0
-    shift = settings.shift or 5.0
+    shift = settings.shift or DEFAULT_SHIFT
     context = backbone.condition([Branch(settings.prompt, clips[0][0])], 0, fps)["context"]
     negative = None
     if settings.guidance_scale != 1.0:

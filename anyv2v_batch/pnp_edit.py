@@ -17,11 +17,10 @@ import torch
 
 from .backbones.base import Backbone, Branch
 from .errors import AnyV2VError
-from .flow import FlowSchedule
 from .imaging import prepare_first_frame
 from .injection import FeatureInjector
 from .inversion import Inversion
-from .schedule import Schedule, missing_timestep_error, set_schedule
+from .schedule import Schedule, set_schedule
 from .settings import EditSettings, InversionSettings
 
 UNET_KINDS = ("conv", "spatial", "temporal", "cross")
@@ -128,14 +127,8 @@ def check_inversion_serves(inversion_settings: InversionSettings, needed: list[i
     """Refuse, before any work, an edit whose timesteps an inversion with these settings does not store."""
     have = set(schedule.stored_timesteps(inversion_settings))
     for t in needed:
-        if t not in have and isinstance(schedule, FlowSchedule):  # keys are grid points, not timesteps
-            raise AnyV2VError(
-                f"the inversion's grid does not hold the edit's point {t / 1e6:.6f} (of linspace(0.999, 0)): "
-                f"{inversion_settings.steps} inversion steps do not visit it; the inversion's step count must "
-                "be a multiple of --steps"
-            )
         if t not in have:
-            raise missing_timestep_error(t, inversion_settings.steps, inversion_settings.save_steps)
+            raise schedule.missing_error(t, inversion_settings)
 
 
 def check_edit_settings(
@@ -312,7 +305,10 @@ def edit_batch(
     run = plans[0].run
     frames = [prepare_first_frame(r.first_frame, *r.inversion.size) for r in requests]
     if backbone.flow:
-        return [_edit_flow(backbone, r, frames[j], plans[j], decode, j, on_step) for j, r in enumerate(requests)]
+        sources: dict[int, tuple] = {}  # per clip (the same `Inversion` object): its source branch's inputs, once
+        return [
+            _edit_flow(backbone, r, frames[j], plans[j], decode, j, on_step, sources) for j, r in enumerate(requests)
+        ]
 
     # source branches in first-appearance order: one per clip (the same `Inversion` object), carried
     # while any of its edits injects; per edit where it is conditioned on the edited frame (ConsistI2V)
@@ -391,15 +387,17 @@ def edit_batch(
 
 
 def _edit_flow(backbone, request: EditRequest, frame: np.ndarray, plan: SamplingPlan, decode: bool, j: int,
-               on_step) -> EditResult:  # fmt: skip
-    """A flow-matching backbone's edit (flow_edit.edit) from an `Inversion` keyed by grid keys."""
+               on_step, sources: dict[int, tuple]) -> EditResult:  # fmt: skip
+    """A flow-matching backbone's edit (flow_edit.edit) from an `Inversion` keyed by grid keys. `sources`
+    holds each clip's source-branch context and first-frame latent, encoded by its first edit."""
+    from .flow import DEFAULT_SHIFT
     from .flow_edit import FlowEditSettings
     from .flow_edit import edit as flow_edit
 
     s, inv = request.settings, request.inversion
     injecting = plan.last_source_step >= 0
     flow_settings = FlowEditSettings(
-        steps=s.steps, shift=s.shift or 5.0, guidance=s.guidance_scale,
+        steps=s.steps, shift=s.shift or DEFAULT_SHIFT, guidance=s.guidance_scale,
         pnp_attn=s.pnp_attn if injecting else 0.0, pnp_feature=s.pnp_feature if injecting else 0.0,
         attn_first_frame=s.attn_first_frame, feature_blocks=s.feature_blocks, attn_injection=s.attn_injection,
     )  # fmt: skip
@@ -409,7 +407,11 @@ def _edit_flow(backbone, request: EditRequest, frame: np.ndarray, plan: Sampling
 
     context = backbone.condition([Branch(s.prompt, frame)], 0, inv.fps)["context"]
     negative = backbone.condition([Branch(s.negative_prompt, frame)], 0, inv.fps)["context"]
-    source_context = backbone.condition([Branch(inv.settings.prompt, inv.source_first_frame)], 0, inv.fps)["context"]
+    if id(inv) not in sources:
+        source_branch = [Branch(inv.settings.prompt, inv.source_first_frame)]
+        sources[id(inv)] = (backbone.condition(source_branch, 0, inv.fps)["context"],
+                            backbone.encode_image(inv.source_first_frame))  # fmt: skip
+    source_context, source_first = sources[id(inv)]
     source_calls: list[bool] = []  # per step: did the source branch run
 
     def step(i, t, x, source_v):
@@ -419,8 +421,8 @@ def _edit_flow(backbone, request: EditRequest, frame: np.ndarray, plan: Sampling
 
     fired: list = []
     latents = flow_edit(
-        backbone, inverted, backbone.encode_image(frame), backbone.encode_image(inv.source_first_frame), context,
-        negative, source_context, flow_settings, on_step=step, injector_out=fired,
+        backbone, inverted, backbone.encode_image(frame), source_first, context, negative, source_context,
+        flow_settings, on_step=step, injector_out=fired,
     )  # fmt: skip
     injected = {k: [plan.run[i] for i in range(len(plan.run)) if (k, i) in fired[0]] for k in DIT_KINDS}
     frames_out = to_uint8_frames(backbone.decode_video(latents)) if decode else None

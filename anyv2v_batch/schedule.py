@@ -91,6 +91,10 @@ class Schedule:
         (from_first_step: the run is the whole schedule)."""
         return run[0]
 
+    def missing_error(self, t: int, inversion_settings) -> AnyV2VError:
+        """The refusal of an edit that reads timestep t where an inversion with these settings stores none."""
+        return missing_timestep_error(t, inversion_settings.steps, inversion_settings.save_steps)
+
     def stored_timesteps(self, inversion_settings) -> list[int]:
         """The timesteps an inversion with these settings stores (ascending)."""
         visited = self.timesteps(inversion_settings.steps, inverse=True)

@@ -118,11 +118,17 @@ class Backbone(ABC):
     def check_knobs(cls, edit: EditSettings, inversion: InversionSettings) -> None:
         """Reject, before any work, settings that belong to another kind of backbone (the DiT's knobs)."""
         dit = {"pnp_attn": edit.pnp_attn, "pnp_feature": edit.pnp_feature, "shift": edit.shift,
-               "feature_blocks": edit.feature_blocks, "inversion_shift": inversion.shift,
-               "attn_injection": edit.attn_injection != "qk"}  # fmt: skip
+               "feature_blocks": edit.feature_blocks, "attn_injection": edit.attn_injection != "qk"}  # fmt: skip
         for name, value in dit.items():
             if value:
                 raise AnyV2VError(f"--{name.replace('_', '-')} applies to wan2.2-ti2v, not {cls.name}; leave it unset")
+        cls.check_inversion(inversion)
+
+    @classmethod
+    def check_inversion(cls, inversion: InversionSettings) -> None:
+        """Reject an inversion of another kind of backbone (the U-Nets invert with DDIM, without a shift)."""
+        if inversion.shift:
+            raise AnyV2VError(f"--inversion-shift applies to wan2.2-ti2v, not {cls.name}; leave it unset")
         if inversion.solver != "ddim":
             raise AnyV2VError(
                 f"--inversion-solver {inversion.solver} applies to wan2.2-ti2v; {cls.name} inverts with ddim"

@@ -16,13 +16,12 @@ import numpy as np
 import torch
 
 from ..errors import AnyV2VError
-from ..flow import FlowSchedule, UniPC, sampling_grid
+from ..flow import DEFAULT_SHIFT, FlowSchedule, UniPC, sampling_grid
 from ..loading import load_component, load_target
-from ..settings import WAN_NEGATIVE_PROMPT, ClipSettings, EditSettings, InversionSettings
+from ..settings import ClipSettings, EditSettings, InversionSettings
 from ..windows import WindowLimits
 from .base import Backbone, Branch, Conditioning
 
-DEFAULT_NEGATIVE_PROMPT = WAN_NEGATIVE_PROMPT
 TEXT_LENGTH = 512  # umT5 slots; prompts are trimmed to their tokens, then zero-padded to this
 
 
@@ -101,11 +100,11 @@ class WanTI2V(Backbone):
                 f"pixels of 16), got {clip.width}x{clip.height}; e.g. 1280x704 or 832x480"
             )
         if isinstance(clip.frames, int) and (clip.frames - 1) % cls.vae_scale_factor_temporal:
-            n = clip.frames
-            lower, upper = n - (n - 1) % 4, n - (n - 1) % 4 + 4
+            n, step = clip.frames, cls.vae_scale_factor_temporal
+            lower = n - (n - 1) % step
             raise AnyV2VError(
                 f"{cls.name} needs a frame count of 4k + 1 (its VAE packs 4 frames per latent after the first), "
-                f"got --frames {n}; use --frames {lower} or {upper}"
+                f"got --frames {n}; use --frames {lower} or {lower + step}"
             )
 
     @classmethod
@@ -119,9 +118,8 @@ class WanTI2V(Backbone):
                     f"--{flag} is a U-Net injection; {cls.name} injects with --pnp-attn and --pnp-feature "
                     f"(set --{flag} 0)"
                 )
-        if inversion.solver == "ddim":
-            raise AnyV2VError(f"{cls.name} is a flow-matching model: --inversion-solver euler or midpoint, not ddim")
-        if (edit.shift or 5.0) != (inversion.shift or 5.0):
+        cls.check_inversion(inversion)
+        if (edit.shift or DEFAULT_SHIFT) != (inversion.shift or DEFAULT_SHIFT):
             raise AnyV2VError(
                 f"the edit's grid (--shift {edit.shift}) is not the inversion's (--inversion-shift {inversion.shift}); "
                 "use one shift for both"
@@ -131,6 +129,11 @@ class WanTI2V(Backbone):
             if bad:
                 flag = name.replace("_", "-")
                 raise AnyV2VError(f"--{flag} is not supported with {cls.name}; leave it at 0")
+
+    @classmethod
+    def check_inversion(cls, inversion: InversionSettings) -> None:
+        if inversion.solver == "ddim":
+            raise AnyV2VError(f"{cls.name} is a flow-matching model: --inversion-solver euler or midpoint, not ddim")
 
     # ---- the Backbone interface (the shared code's view)
     def condition(self, branches: Sequence[Branch], num_frames: int, fps: float) -> Conditioning:
