@@ -762,7 +762,7 @@ def verify(
         str | None, typer.Option(help="--repair: Ray address (default: RAY_ADDRESS, else local).")
     ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="--repair: pools.* or limits.* field, e.g. pools.sampler.size=4.")
+        list[str] | None, typer.Option("--set", help="--repair: pools.*, limits.*, share_model; e.g. share_model=true")
     ] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the summary lines and problems.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,

@@ -99,6 +99,10 @@ class JobSpec:
     # a clip's variants share one source branch (computed once per step for all of them). False: each
     # variant computes its own; the outputs are the same bytes either way
     share_source: bool = True
+    # inversion and sampling in one actor pool (sized and resourced by pools.sampler): each actor holds one
+    # copy of the models instead of one per pool (one load; half the weights' memory on a GPU); inversion
+    # and sampling then take turns instead of overlapping. Not with long clips (windows). Same bytes.
+    share_model: bool = False
     # stored inversions (written by `anyv2v-batch invert`): reused when valid, recomputed otherwise
     inversions: str | None = None
     store_all_timesteps: bool = False  # `invert`: keep every timestep, not only those the variants read
@@ -139,7 +143,7 @@ class JobSpec:
 
 TOP_LEVEL = {
     "input", "output", "variants", "backbone", "model", "weights_variant", "device", "dtype", "seed",
-    "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source",
+    "clip", "inversion", "edit", "editor", "edit_prompt", "pools", "ray", "compile", "share_source", "share_model",
     "inversions", "store_all_timesteps", "redo_changed", "limits", "evaluate", "window", "preset",
     "accept_noncommercial_models",
 }  # fmt: skip
@@ -475,6 +479,7 @@ def build_job(raw: Any, where: str = "job", overrides: dict[str, Any] | None = N
         ray_num_cpus=ray_raw.get("num_cpus"),
         compile=_coerce(where, "compile", raw.get("compile", False), False),
         share_source=_coerce(where, "share_source", raw.get("share_source", True), True),
+        share_model=_coerce(where, "share_model", raw.get("share_model", False), False),
         store_all_timesteps=_coerce(where, "store_all_timesteps", raw.get("store_all_timesteps", False), False),
         redo_changed=_coerce(where, "redo_changed", raw.get("redo_changed", False), False),
         accept_noncommercial_models=_coerce(

@@ -23,11 +23,12 @@ class InversionPool:
     """map_batches actor: loads the backbone once; inverts the batch's clips together where they share a
     shape and settings, keeping only the timesteps their variants read."""
 
-    def __init__(self, job: JobSpec, num_cpus: float = 1.0, keep_all: bool = False):
+    def __init__(self, job: JobSpec, num_cpus: float = 1.0, keep_all: bool = False, backbones: dict | None = None):
         start_worker(num_cpus)
         self.job, self.keep_all = job, keep_all
         self.keep_frames = job.evaluate.enabled and not keep_all  # the scorer compares output and source
-        self.backbones = load_job_backbones(job, compile=job.compile)
+        # `backbones`: models already loaded in this actor (operators/model_pool.py shares them with sampling)
+        self.backbones = backbones if backbones is not None else load_job_backbones(job, compile=job.compile)
 
     def backbone(self, work: ClipWork):
         return self.backbones[(work.backbone, work.model)]

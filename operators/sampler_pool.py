@@ -32,10 +32,11 @@ OOM_MESSAGE = "out of memory sampling this clip alone; use fewer frames, a small
 class SamplerPool:
     """map_batches actor: loads the backbone once; edits the pending variants of its batch together."""
 
-    def __init__(self, job: JobSpec, num_cpus: float = 1.0):
+    def __init__(self, job: JobSpec, num_cpus: float = 1.0, backbones: dict | None = None):
         start_worker(num_cpus)
         self.share_source = job.share_source
-        self.backbones = load_job_backbones(job, compile=job.compile)
+        # `backbones`: models already loaded in this actor (operators/model_pool.py shares them with inversion)
+        self.backbones = backbones if backbones is not None else load_job_backbones(job, compile=job.compile)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         works: list[ClipWork] = list(batch["work"])

@@ -189,6 +189,16 @@ def check_models(job: JobSpec) -> None:
             raise AnyV2VError(f"variant {v.name!r}: {e}") from None
 
 
+def check_share_model(job: JobSpec) -> None:
+    """`share_model`: one actor inverts and samples each batch, so no stage can join a long clip's windows
+    between the two (the gather stage of separate pools)."""
+    if job.share_model and may_window(job):
+        raise AnyV2VError(
+            "share_model: true cannot run long clips (a clip longer than one window, or clip.frames: all): "
+            "set clip.frames to at most one window, or share_model: false"
+        )
+
+
 def with_window_limits(job: JobSpec) -> JobSpec:
     """The job with each variant's window limits, read from the models' configs here in the driver (the
     decode tasks then import no backbone)."""
@@ -246,9 +256,10 @@ def ray_console(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
 
 
-def resolve_pools(job: JobSpec, resources: dict[str, float] | None = None) -> dict[str, PoolSpec]:
+def resolve_pools(job: JobSpec, resources: dict[str, float] | None = None, mode: str = "edit") -> dict[str, PoolSpec]:
     """Every pool's size and resources: the job's values, the rest from the cluster (`resources`:
-    {"CPU": n, "GPU": n}, by default the connected cluster's).
+    {"CPU": n, "GPU": n}, by default the connected cluster's). With `share_model` (mode "edit") the
+    sampler's actors also invert: "inversion" is then the sampler's pool, for the progress line's shares.
 
     With GPUs, the GPU actors the job leaves unsized split the GPUs between inversion and sampling in
     proportion to their cost per clip (pipelines/balance.py). On CPUs only, the actors and tasks share
@@ -282,11 +293,14 @@ def resolve_pools(job: JobSpec, resources: dict[str, float] | None = None) -> di
         pools[name] = pool
     if not job.evaluate.enabled:
         del pools["scorer"]
+    shared = job.share_model and mode == "edit"
+    if shared:  # no actors of its own: sized and placed as the sampler's, below
+        del pools["inversion"]
     if use_gpus:
         sized = [n for n in GPU_POOLS if n in pools and n != "scorer" and (pools[n].size or n == "editor")]
         free = gpus - sum((pools[n].size or 1) * math.ceil(pools[n].num_gpus) for n in sized)
-        unsized = [n for n in ("inversion", "sampler") if pools[n].size is None]
-        share = pools["inversion"].num_gpus
+        unsized = [n for n in ("inversion", "sampler") if n in pools and pools[n].size is None]
+        share = pools.get("inversion", pools["sampler"]).num_gpus
         scorer = pools.get("scorer")
         if scorer is not None and scorer.num_gpus and max(share, pools["sampler"].num_gpus) + scorer.num_gpus > 1:
             # the model actors leave no room on their GPUs: keep whole GPUs for the scorers
@@ -299,6 +313,11 @@ def resolve_pools(job: JobSpec, resources: dict[str, float] | None = None) -> di
         if unsized == ["inversion", "sampler"] and share == pools["sampler"].num_gpus > 0:
             # actors of more than half a GPU take one GPU each (Ray packs fractions per GPU)
             slots = int(free // share) if share <= 0.5 else int(free)
+            if slots < 2 and share > 0.5:  # one GPU for both pools: each actor takes half of it (two model
+                # copies on one card; share_model holds one)
+                for n in unsized:
+                    pools[n] = dataclasses.replace(pools[n], num_gpus=share / 2)
+                slots = 2
             sizes = dict(zip(unsized, split_gpus(job, slots), strict=True))
         else:
             sizes = {n: max(1, int(free // max(pools[n].num_gpus, 1e-9)) // len(unsized)) for n in unsized}
@@ -312,6 +331,8 @@ def resolve_pools(job: JobSpec, resources: dict[str, float] | None = None) -> di
         share = max(0.1, cpus / (sum(pools[n].size for n in on_cpu) + 1))
         for n in (*on_cpu, "decode", "encode"):
             pools[n] = dataclasses.replace(pools[n], num_cpus=min(pools[n].num_cpus, share))
+    if shared:
+        pools["inversion"] = pools["sampler"]
     return pools
 
 
@@ -329,15 +350,17 @@ def build_dataset(
     from anyv2v_batch.operators.encode import encode_inversions, encode_pairs
     from anyv2v_batch.operators.gather import WindowGather
     from anyv2v_batch.operators.inversion_pool import InversionPool
+    from anyv2v_batch.operators.model_pool import ModelPool
     from anyv2v_batch.operators.read_shards import read_shard
     from anyv2v_batch.operators.sampler_pool import SamplerPool
     from anyv2v_batch.operators.scorer_pool import ScorerPool
     from anyv2v_batch.operators.write import write_part
 
-    def actors(ds, cls, name: str, in_flight: int | None = None, **kwargs):
+    def actors(ds, cls, name: str, in_flight: int | None = None, report: bool = True, **kwargs):
+        """`report`: wrap `cls` to report its calls to the board (False: it reports its own stages)."""
         pool = pools[name]
         return ds.map_batches(
-            timed(cls, name),
+            timed(cls, name) if report else cls,
             compute=ActorPoolStrategy(size=pool.size, max_tasks_in_flight_per_actor=in_flight),
             batch_size=pool.batch_size,
             num_gpus=pool.num_gpus,
@@ -351,8 +374,11 @@ def build_dataset(
     ds = ds.flat_map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
     if mode == "edit":
         ds = actors(ds, EditorPool, "editor")
-        ds = actors(ds, InversionPool, "inversion")
-        windows = may_window(job)
+        if job.share_model:  # one actor inverts and samples (no windows: check_share_model)
+            ds = actors(ds, ModelPool, "sampler", report=False)
+        else:
+            ds = actors(ds, InversionPool, "inversion")
+        windows = may_window(job) and not job.share_model
         if windows:  # a long clip's windows, inverted as separate rows, joined again
             ds = ds.map_batches(
                 WindowGather, compute=ActorPoolStrategy(size=1), batch_size=1, num_cpus=0,
@@ -360,7 +386,8 @@ def build_dataset(
             )  # fmt: skip
         # a chain holds its sampler for all its windows: then no clip may queue behind it on that actor
         # (Ray Data's default queues several tasks per actor); each goes to the first actor that is free
-        ds = actors(ds, SamplerPool, "sampler", in_flight=1 if windows else None)
+        if not job.share_model:
+            ds = actors(ds, SamplerPool, "sampler", in_flight=1 if windows else None)
         if job.evaluate.enabled:
             ds = actors(ds, ScorerPool, "scorer")
         ds = ds.flat_map(encode_pairs, fn_kwargs={"job": job}, num_cpus=encode.num_cpus)
@@ -401,6 +428,8 @@ def run_job(
         job = dataclasses.replace(job, evaluate=EvaluateSettings())
     check_job(job)
     check_models(job)
+    if mode == "edit":
+        check_share_model(job)
     output = job_output(job, mode)
     shards = input_shards(job)  # bad inputs fail here, before anything is written
     check_writable(output, "output" if mode == "edit" else "inversions store")
@@ -455,7 +484,7 @@ def _run_locked(
             pass
         return JobSummary(output, unit, len(items), done_before, 0, 0, 0, time.perf_counter() - started, [])
     init_ray(job)
-    pools = resolve_pools(job)
+    pools = resolve_pools(job, mode=mode)
     sizes = {n: pools[n].size for n in GPU_POOLS if n in pools and (mode == "edit" or n == "inversion")}
     board = start_board()
     progress = JobProgress(

@@ -386,6 +386,7 @@ def test_job_with_an_anydoor_variant(converted, model, tmp_path, ray_local):
         "variants": [{"name": "door", "prompt": "a thing", "editor": {"name": "anydoor", "options": {
             "model": str(converted), **QUICK}}}],
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+        "share_model": True,  # one model actor: one load (the same bytes as separate pools)
     })  # fmt: skip
     summary = run_job(job)
     rows = {r["key"]: r for r in pq.read_table(tmp_path / "out" / "metadata").to_pylist()}

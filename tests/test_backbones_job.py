@@ -59,6 +59,7 @@ def write_job(root: Path, variants: list[dict], frames: int = 8) -> Path:
         "edit": {"steps": 5, "prompt": "a red car"},
         "variants": variants,
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+        "share_model": True,  # one model actor: one load (the same bytes as separate pools)
     }
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(job))

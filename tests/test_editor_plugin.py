@@ -67,6 +67,7 @@ def test_plugin_runs_in_a_job_and_fails_one_sample_only(plugin_site, tmp_path):
         "device": "cpu", "editor": "flip", "clip": {"frames": 6, "width": 32, "height": 32},
         "inversion": {"steps": 2}, "edit": {"steps": 2, "prompt": "mirrored"},
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+        "share_model": True,  # one model actor: one load (the same bytes as separate pools)
     })  # fmt: skip
     sys.path.insert(0, str(plugin_site))  # the driver resolves the editor by name too
     stop_shared_ray()  # the plug-in's path goes into this instance's runtime environment

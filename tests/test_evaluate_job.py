@@ -55,6 +55,7 @@ def job_yaml(root: Path, out: str, tiny_clip: Path, evaluate: dict | None = None
         "edit": {"steps": 2},
         "variants": VARIANTS,
         "evaluate": {"model": str(tiny_clip), **(evaluate or {})},
+        "share_model": True,  # one model actor: one load (the same bytes as separate pools)
     }
     path = root / f"{out}.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -201,7 +202,7 @@ def test_score_routes_an_existing_output_in_place_without_touching_clips(ray_loc
     assert 'title="clip0.car.mp4 is damaged' in pages  # in the output picture's place
 
     # `verify --repair` remakes the pair, and scores it as its row records (the same scorer, mode, thresholds)
-    code, _, err = cli(["verify", str(out3), "--repair", "--device", "cpu", "-q"], capsys)
+    code, _, err = cli(["verify", str(out3), "--repair", "--device", "cpu", "--set", "share_model=true", "-q"], capsys)
     assert code == 0, err
     assert (out3 / "shards/000000.tar").read_bytes() == (out2 / "shards/000000.tar").read_bytes()
     assert {p: strip(r) for p, r in rows_of(out3).items()} == {p: strip(r) for p, r in rows_of(out2).items()}

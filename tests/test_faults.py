@@ -66,7 +66,9 @@ def inputs(tmp_path_factory):
     return root
 
 
-def job_yaml(root: Path, out: str, gate: Gate, address: str | None = None) -> Path:
+def job_yaml(root: Path, out: str, gate: Gate, address: str | None = None, shared: bool = True) -> Path:
+    """`shared`: one model actor inverts and samples (share_model); the undisturbed run has separate pools,
+    so every faulted run equal to it also shows that share_model changes no byte."""
     job = {
         "input": str(root / "in" / "*.tar"), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
         "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 2}, "edit": {"steps": 2},
@@ -76,6 +78,7 @@ def job_yaml(root: Path, out: str, gate: Gate, address: str | None = None) -> Pa
             "decode": {"num_cpus": 0.5}, "encode": {"num_cpus": 0.5}, "editor": {"num_cpus": 0.5, "size": 1},
             "inversion": {"num_cpus": 0.5}, "sampler": {"num_cpus": 0.5},
         },
+        "share_model": shared,
     }  # fmt: skip
     if address:
         job["ray"] = {"address": address}
@@ -140,7 +143,7 @@ def undisturbed(cluster, inputs, gate):
 
     gate.close()
     gate.open()
-    summary = run_job(load_job(job_yaml(inputs, "base", gate)))
+    summary = run_job(load_job(job_yaml(inputs, "base", gate, shared=False)))
     assert summary.ok == len(EXPECTED_ROWS)
     files, rows = outputs(inputs, "base")
     assert rows == EXPECTED_ROWS and len(files) == 3 * len(EXPECTED_ROWS)

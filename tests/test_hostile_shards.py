@@ -256,6 +256,7 @@ def hostile_run(ray_local, tmp_path_factory):
         "variants": [{"name": "wc", "prompt": "{caption}, watercolor"}],
         "limits": {"max_member_bytes": 200_000},
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+        "share_model": True,  # one model actor: one load (the same bytes as separate pools)
     }
     (root / "job.yaml").write_text(yaml.safe_dump(job))
     base = root.parent

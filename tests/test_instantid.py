@@ -426,6 +426,7 @@ def test_job_with_an_instantid_variant_one_ok_row_one_error_row(tiny_model, tmp_
         "inversion": {"steps": 1}, "edit": {"steps": 1, "prompt": "a person"},
         "variants": [{"name": "identity", "editor": {"name": "instantid", "options": options}}],
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+        "share_model": True,  # one model actor: one load (the same bytes as separate pools)
     })  # fmt: skip
     summary = run_job(job)
     assert (summary.ok, summary.errors) == (1, 1)

@@ -92,13 +92,18 @@ def inputs(s3, tmp_path_factory):
     return root
 
 
-def job_yaml(root: Path, output: str, address: str, inversions: str | None = None, gate=None) -> Path:
+def job_yaml(
+    root: Path, output: str, address: str, inversions: str | None = None, gate=None, shared: bool = True
+) -> Path:
+    """`shared`: one model actor inverts and samples (share_model; the local reference runs separate pools,
+    so every S3 output equal to it also shows that share_model changes no byte)."""
     job = {
         "input": f"s3://{BUCKET}/in/*.tar", "output": output, "model": str(TINY_MODEL), "device": "cpu",
         "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 2}, "edit": {"steps": 2},
         "variants": [{"name": "plain", "prompt": "{caption}"}, {"name": "snow", "prompt": "{caption}, snow"}],
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
         "ray": {"address": address},
+        "share_model": shared,
     }  # fmt: skip
     if inversions:
         job["inversions"] = inversions
@@ -140,7 +145,7 @@ def reference(ray_address, inputs):
     from anyv2v_batch.pipelines.anyv2v_job import run_job
 
     out = inputs / "local-out"
-    assert run_job(load_job(job_yaml(inputs, str(out), ray_address))).ok == len(EXPECTED_ROWS)
+    assert run_job(load_job(job_yaml(inputs, str(out), ray_address, shared=False))).ok == len(EXPECTED_ROWS)
     files = {}
     for shard in sorted((out / "shards").glob("*.tar")):
         files |= {f"{shard.name}/{name}": data for name, data in read_tar(shard).items()}
@@ -383,7 +388,7 @@ def test_verify_and_repair_on_s3_with_checksummed_puts(ray_address, inputs, refe
             a
             for p in ("decode", "editor", "inversion", "sampler", "encode")
             for a in ("--set", f"pools.{p}.num_cpus=0.5")
-        ]
+        ] + ["--set", "share_model=true"]
         main(["verify", output, "--repair", "--address", ray_address, "-q", *fit])
     except SystemExit as e:
         pytest.fail(f"verify --repair exited {e.code}: {capsys.readouterr()}")

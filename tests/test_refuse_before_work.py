@@ -156,3 +156,14 @@ def test_run_and_invert_refuse_unwritable_outputs_and_invert_needs_no_output(tmp
     code, err = cli(["invert", "--input", shard, "--model", i2v], capsys)
     assert code == 1 and len(err) == 1 and "inversions is missing" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i2v", "job.yaml"]
+
+
+def test_share_model_with_long_clips_is_refused_before_ray_starts(tmp_path, shard, capsys):
+    """One actor inverting and sampling leaves no place to join a long clip's windows: said before any work."""
+    i2v = configs_only(tmp_path, TINY_MODEL, "i2v")
+    clip = {"frames": "all", "width": 32, "height": 32}
+    path = job_file(tmp_path, shard, [{"name": "v"}], model=str(i2v), share_model=True, clip=clip)
+    code, err = cli(["run", path], capsys)
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("error: share_model: true cannot run long clips") and "share_model: false" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i2v", "job.yaml"]  # no output

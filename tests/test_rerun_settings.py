@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -32,13 +33,17 @@ def shard(tmp_path_factory) -> Path:
     return write_shard(tmp_path_factory.mktemp("in") / "000.tar", members)
 
 
-def job(root: Path, shard: Path, out: str, night_steps: int = 4, night_prompt: str = "{caption}, at night") -> Path:
+def job(
+    root: Path, shard: Path, out: str, night_steps: int = 4, night_prompt: str = "{caption}, at night", shared=True
+) -> Path:
+    """The job; `shared`: one model actor inverts and samples (share_model: one model load, the same bytes)."""
     raw = {
         "input": str(shard), "output": str(root / out), "model": str(TINY_MODEL), "device": "cpu",
         "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 4},
         "variants": [{"name": "day", "prompt": "{caption}", "edit": {"steps": 4}},
                      {"name": "night", "prompt": night_prompt, "edit": {"steps": night_steps}}],
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
+        "share_model": shared,
     }  # fmt: skip
     path = root / f"{out}-{night_steps}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -65,9 +70,24 @@ def rows(out: Path) -> dict[tuple[str, str], dict]:
     return {(r["key"], r["variant"]): {k: v for k, v in r.items() if not k.startswith(TIMING)} for r in table}
 
 
+@contextmanager
+def model_actors_started():
+    """The stages of the model actors started in this Ray instance inside the block (Ray Data names each
+    map actor by its stage class: "MapWorker(MapBatches(ModelPool))")."""
+    from ray._private import state
+
+    started: set[str] = set()
+    before = set(state.actors())
+    yield started
+    names = "".join(a["ActorClassName"] for key, a in state.actors().items() if key not in before)
+    started |= {stage for stage in ("ModelPool", "InversionPool", "SamplerPool") if f"({stage}))" in names}
+
+
 def test_a_changed_variant_is_refused_then_redone_to_equal_a_fresh_run(ray_local, tmp_path, shard, capsys):
-    code, err = cli(["run", job(tmp_path, shard, "out"), "-q"], capsys)
+    with model_actors_started() as started:
+        code, err = cli(["run", job(tmp_path, shard, "out"), "-q"], capsys)
     assert code == 0, err
+    assert started == {"ModelPool"}  # share_model: one model actor inverts and samples
     assert not [line for line in err if "progress: " in line], err  # -q: no progress line, but the file
     assert json.loads((tmp_path / "out" / "_progress.json").read_text())["state"] == "finished"
     first = snapshot(tmp_path / "out")
@@ -89,11 +109,14 @@ def test_a_changed_variant_is_refused_then_redone_to_equal_a_fresh_run(ray_local
         assert "--redo-changed" in err[0] and "'day'" not in err[0]
         assert snapshot(tmp_path / "out") == first
 
-    # --redo-changed: the night pairs are recomputed and replaced; the result equals a fresh run's
+    # --redo-changed: the night pairs are recomputed and replaced; the result equals a fresh run's (one with
+    # separate inversion and sampler actors: share_model changes no byte)
     code, err = cli(["run", job(tmp_path, shard, "out", night_steps=2), "--redo-changed"], capsys)
     assert code == 0, err
-    code, err = cli(["run", job(tmp_path, shard, "fresh", night_steps=2), "-q"], capsys)
+    with model_actors_started() as started:
+        code, err = cli(["run", job(tmp_path, shard, "fresh", night_steps=2, shared=False), "-q"], capsys)
     assert code == 0, err
+    assert started == {"InversionPool", "SamplerPool"}
     FRESH["out"] = tmp_path / "fresh"  # the verify test damages a copy of it
     redone, fresh = snapshot(tmp_path / "out"), snapshot(tmp_path / "fresh")
     assert redone.keys() == fresh.keys() and redone["shards/000.tar"] == fresh["shards/000.tar"]
@@ -153,7 +176,7 @@ def test_verify_names_every_damage_and_repair_remakes_exactly_the_damaged_pairs(
         assert named in printed, (named, printed)
     assert "c0.night" not in printed and "c1.day" not in printed and "2 pairs to remake" in printed
 
-    code, err = cli(["verify", out, "--repair", "--device", "cpu"], capsys)
+    code, err = cli(["verify", out, "--repair", "--device", "cpu", "--set", "share_model=true"], capsys)
     assert code == 0, err
     expected = {name: data for name, data in read_tar(fresh / "shards" / "000.tar").items() if "c0.night" not in name}
     assert read_tar(out / "shards" / "000.tar") == expected  # the remade members: a fresh run's bytes
@@ -198,7 +221,8 @@ def test_the_fingerprint_covers_weights_templates_editor_and_seed_but_not_speed_
     ]:
         other_print, other = fields(**change)
         assert other_print != base_print and named in changed_fields(base, other), change
-    for speed in ({"device": "cpu"}, {"compile": True}, {"pools": {"sampler": {"batch_size": 4}}}):
+    batched = {"pools": {"sampler": {"batch_size": 4}}}
+    for speed in ({"device": "cpu"}, {"compile": True}, batched, {"share_model": True}):
         assert fields(**speed)[0] == base_print, speed
     # the same model folder's content changed: another fingerprint, named as the weights
     unet = next((model / "unet").glob("*.safetensors"))

@@ -263,3 +263,12 @@ def test_scorers_always_find_room_on_the_gpus():
     plain = resolve_pools(build_job({"input": "i", "output": "o"}), {"CPU": 16, "GPU": 8})
     assert "scorer" not in plain and plain["inversion"].num_gpus == 1.0
     assert plain["inversion"].size + plain["sampler"].size == 8
+    # one GPU: the two model pools share it (each half) instead of asking for two
+    for job, half in ((build_job(base), 0.45), (build_job({"input": "i", "output": "o"}), 0.5)):
+        pools = resolve_pools(job, {"CPU": 16, "GPU": 1})
+        assert pools["inversion"].num_gpus == pools["sampler"].num_gpus == half and placed(pools, 1)
+    # share_model: one model actor per GPU, inverting and sampling; "inversion" names the same actors
+    for gpus in (1, 3):
+        pools = resolve_pools(build_job(base | {"share_model": True}), {"CPU": 16, "GPU": gpus})
+        assert pools["inversion"] is pools["sampler"] and pools["sampler"].size == gpus
+        assert placed({n: p for n, p in pools.items() if n != "inversion"}, gpus)
