@@ -348,6 +348,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=None, help="clips per UNet call (default: 1 2; smoke: 1)")
     p.add_argument("--compile", choices=["no", "yes", "both"], default="no")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here (a list of objects)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -377,6 +378,7 @@ def main() -> None:
           "UNet s / inversion call | UNet s / edit call | UNet entries / clip | peak memory GiB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    rows: list[dict] = []
     for name in names:
         defaults = backbone_defaults(name)
         if args.smoke:
@@ -443,6 +445,13 @@ def main() -> None:
                               f"{inv_s + samp_s:.2f} | {(t1 - t0) / inv_steps:.4f} | {(t2 - t1) / ran:.4f} | "
                               f"{unet_inv:.4f} | {unet_edit:.4f} | {(m2[1] - m0[1]) / batch:.0f} | "
                               f"{peak_memory_gib(args.device):.2f} |", flush=True)  # fmt: skip
+                        rows.append({"backbone": name, "frames": frames, "width": size, "height": height,
+                                     "dtype": dtype_name, "compile": compiled, "clips_per_call": batch,
+                                     "inversion_steps": inv_steps, "steps": steps, "inversion_s": inv_s,
+                                     "sampling_s": samp_s, "whole_s": inv_s + samp_s, "device": device_name,
+                                     "torch": torch.__version__, "peak_gib": peak_memory_gib(args.device)})  # fmt: skip
+                        if args.json:
+                            args.json.write_text(json.dumps(rows, indent=1))
                 del backbone, meter
                 gc.collect()  # the meter's wrapper and the backbone refer to each other
                 if cuda:

@@ -221,7 +221,8 @@ def test_rerun_adds_nothing(job_run):
         captured = []
         mp.setattr("anyv2v_batch.cli._say", lambda quiet, m: captured.append(m))
         with pytest.raises(SystemExit) as e:
-            main(["run", str(root / "job.yaml")])
+            # one model actor inverts and samples (share_model: one load, the same bytes as the first run's pools)
+            main(["run", str(root / "job.yaml"), "--set", "share_model=true"])
             raise SystemExit(0)
     assert e.value.code == 0
     assert "7 already done" in captured[-1] and "7 (clip, variant) pairs processed: 0 ok, 7 errors" in captured[-1]

@@ -73,9 +73,7 @@ def job_raw(root, out: str, inversions: bool = True, mode: str = "edit") -> dict
         "clip": {"frames": 6, "width": 32, "height": 32}, "inversion": {"steps": 2}, "edit": {"steps": 1},
         "variants": [{"name": "a", "prompt": "{caption}, at night"}],  # one edit: reuse needs no more
         "pools": {p: {"num_cpus": 0.5} for p in ("decode", "editor", "inversion", "sampler", "encode")},
-        # one model actor: one load; the baseline (no store) runs separate pools, so an output equal to it also
-        # shows that share_model changes no byte
-        "share_model": inversions,
+        "share_model": True,  # one model actor: one load (the same bytes as separate pools)
     }  # fmt: skip
     if inversions:
         raw["inversions"] = str(root / "store")

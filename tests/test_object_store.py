@@ -265,16 +265,18 @@ def test_two_runs_taking_over_one_stale_s3_lock_exactly_one_wins(s3, monkeypatch
     )
 
 
-def test_invert_then_run_on_s3_while_a_second_run_is_refused(ray_address, inputs, reference, monkeypatch):
-    """`invert` into an s3:// store, then `run` reusing it into an s3:// output; while that run holds
-    the output, a second run on it exits non-zero with one line, and the output is the reference's."""
+def test_invert_then_a_run_on_s3_refuses_a_second_run_and_survives_its_driver_killed(ray_address, inputs, reference,
+                                                                                   gate):  # fmt: skip
+    """`invert` into an s3:// store; a `run` reusing it into an s3:// output, held at a known point (not after
+    a guessed delay: the first shard's pairs pass the gate, the other shard's first sample is held there);
+    while it holds the output, a second run on it exits non-zero with one line; once a pair is on S3 the
+    driver is killed, and the rerun takes over the dead run's lock, resumes from its parts and ends with
+    the local reference's bytes, every pair from the stored inversions."""
     from anyv2v_batch.cli import main
-    from anyv2v_batch.pipelines import anyv2v_job
 
-    store, output = f"s3://{BUCKET}/inversions", f"s3://{BUCKET}/reused"
-    path = job_yaml(inputs, output, ray_address, inversions=store)
+    store, output = f"s3://{BUCKET}/inversions", f"s3://{BUCKET}/killed"
     with pytest.raises(SystemExit) as e:
-        main(["invert", str(path), "-q"])
+        main(["invert", str(job_yaml(inputs, output, ray_address, inversions=store)), "-q"])
         raise SystemExit(0)  # main returns on success, exits on failure
     assert e.value.code == 0
     stored = objects("inversions")
@@ -287,48 +289,22 @@ def test_invert_then_run_on_s3_while_a_second_run_is_refused(ray_address, inputs
     assert (inverted["state"], inverted["unit"], inverted["total"], inverted["done"]) == ("finished", "inversions",
                                                                                          clips, clips)  # fmt: skip
 
-    locked, go, original = threading.Event(), threading.Event(), anyv2v_job._run_locked
-
-    def held(*args, **kwargs):  # the first run stops here, lock taken, until the second has tried
-        if not locked.is_set():
-            locked.set()
-            assert go.wait(600)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(anyv2v_job, "_run_locked", held)
-    result: dict = {}
-    first = threading.Thread(target=lambda: result.update(summary=anyv2v_job.run_job(load_job(path))))
-    first.start()
-    try:
-        assert locked.wait(600)
-        second = subprocess.run(cli("run", str(path)), capture_output=True, text=True, timeout=600)
-    finally:
-        go.set()
-        first.join(timeout=900)
-    assert second.returncode == 1
-    lines = second.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: output is being written by another run"), second.stderr
-    assert result["summary"].ok == len(EXPECTED_ROWS)
-    files, rows, metadata = s3_outputs("reused")
-    assert rows == EXPECTED_ROWS
-    assert {r["inversion_source"] for r in metadata} == {"stored"}
-    assert files == reference
-
-
-def test_the_driver_killed_on_s3_and_the_job_rerun(ray_address, inputs, reference, gate):
-    """Killed at a known point, not after a guessed delay: the first shard's pairs pass the gate, the
-    other shard's first sample is held there; once a pair is on S3, the driver is killed."""
     gate.close()
-    path = job_yaml(inputs, f"s3://{BUCKET}/killed", ray_address, gate=gate)
+    path = job_yaml(inputs, output, ray_address, inversions=store, gate=gate)
     driver = subprocess.Popen(cli("run", str(path), "-q"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     alive = lambda: driver.poll() is None  # noqa: E731
     try:
-        gate.hold_second_shard(alive)
+        gate.hold_second_shard(alive)  # the driver took the output's lock before any work
+        second = subprocess.run(cli("run", str(path)), capture_output=True, text=True, timeout=600)
+        assert alive(), "the held run ended"
         wait_until(lambda: any(k.endswith(".tar") for k in objects("killed/_parts")), alive, "a pair was written")
     finally:
         driver.kill()
         driver.wait()
         gate.open()
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: output is being written by another run"), second.stderr
     left = objects("killed")
     parts = [k for k in left if k.startswith("killed/_parts/") and k.endswith(".tar")]
     assert 1 <= len(parts) < len(EXPECTED_ROWS) and not any(k.startswith("killed/metadata/") for k in left)
@@ -337,8 +313,9 @@ def test_the_driver_killed_on_s3_and_the_job_rerun(ray_address, inputs, referenc
     assert rerun.returncode == 0, rerun.stderr
     done_before = int(re.search(r"(\d+) \(clip, variant\) pairs already done", rerun.stderr).group(1))
     assert 1 <= done_before < len(EXPECTED_ROWS)  # resumed from the parts the killed driver left
-    files, rows, _ = s3_outputs("killed")
+    files, rows, metadata = s3_outputs("killed")
     assert rows == EXPECTED_ROWS
+    assert {r["inversion_source"] for r in metadata} == {"stored"}
     # the same videos and first frames as the local run; the settings record names the gate editor
     assert set(files) == set(reference)
     assert {k: v for k, v in files.items() if not k.endswith(".json")} == {
