@@ -111,7 +111,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--smoke", action="store_true", help="the tiny fixture model on the CPU (checks the path)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     pipeline_cls, (conv, spatial, temporal) = official_modules()

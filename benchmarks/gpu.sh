@@ -71,7 +71,7 @@ run_part() {
                 --inversion-steps 500 --dtypes float16 --batches 1 --json "$GPU_OUT/ours.json" || echo "(stopped: exit $?)"
         else  # the tiny fixture model on both sides, 10 inversion / 5 sampling steps, float32
             ANYV2V_OFFICIAL=.official/i2vgen-xl PYTHONPATH=/tmp/official-site-cpu timeout "$BUDGET" \
-                python benchmarks/bench_official_i2vgen_xl.py --smoke --json "$GPU_OUT/official.json" \
+                python benchmarks/bench_official_i2vgen_xl.py --smoke --threads "${THREADS:-1}" --json "$GPU_OUT/official.json" \
                 || echo "(stopped: exit $?)"
             timeout "$BUDGET" python benchmarks/bench_engine.py --backbone i2vgen-xl --inversion-steps 10 --steps 5 \
                 --batches 1 --threads "${THREADS:-1}" --json "$GPU_OUT/ours.json" || echo "(stopped: exit $?)"
@@ -79,7 +79,7 @@ run_part() {
         python - "$GPU_OUT/official.json" "$GPU_OUT/ours.json" <<'PY' || echo "(no ratio: a side did not finish)"
 import json, sys
 official, ours = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))[0]
-print("| figure | official s | ours s | official / ours |\n|---|---|---|---|")
+print("| figure | official s | ours s | official / ours (> 1: ours faster) |\n|---|---|---|---|")
 for label, key in (("whole edit, one clip", "whole_s"), ("sampling from a stored inversion", "sampling_s"),
                    ("inversion", "inversion_s")):
     print(f"| {label} | {official[key]:.2f} | {ours[key]:.2f} | {official[key] / ours[key]:.2f}x |")

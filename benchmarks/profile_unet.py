@@ -7,9 +7,10 @@ tiny fixture models, in seconds:
     python benchmarks/profile_unet.py --backbone i2vgen-xl --threads 1
 
 Two calls are profiled, each the second of its kind (the first warms the kernels and allocator): an
-inversion call (one clip, no injection) and a sampling call of an injecting step ([source, negative,
-editing] in one call, the injection hooks recording and replacing). Each operator's own time (device time
-on a GPU, CPU time on a CPU) is charged to the innermost module of a kind below that runs it:
+inversion call (one clip, no injection) and the edit's call of the first sampling step, every kind of
+injection on ([negative, editing]: the source branch, recording the features injected, runs just before
+in a call of its own). Each operator's own time (device time on a GPU, CPU time on a CPU) is charged to the
+innermost module of a kind below that runs it:
 
   temporal attention      an attention module whose path names it temporal ("temp" in the path)
   spatial self-attention  any other self-attention (attn1), projections and SDPA included
@@ -187,6 +188,8 @@ def profile_calls(backbone, frames: int, width: int, height: int, cuda: bool) ->
     try:
         state["kind"], state["seen"] = "inversion", 0
         inversion_settings = replace(defaults["inversion"], steps=4)
+        if getattr(inversion_settings, "save_steps", None):  # SEINE: latents saved on a grid of their own
+            inversion_settings = replace(inversion_settings, save_steps=4)
         settings = replace(defaults["edit"], prompt="a robot", steps=4, init_step=0)
         if not backbone.flow:  # inject at every step run, so the profiled step injects every kind
             settings = replace(settings, pnp_conv=1.0, pnp_spatial=1.0, pnp_temporal=1.0)
@@ -218,13 +221,15 @@ def table(kind: str, result: dict, cuda: bool) -> str:
         ms = spent.get(category, 0.0) / 1e3
         lines.append(f"| {category} | {ms:.2f} | {ms / 1e3 / busy:.1%} |" if busy else f"| {category} | 0 | - |")
     lines.append(f"| **all** | {busy * 1e3:.2f} | 100% |")
-    tflops = result["flops"] / 1e12
+    flops = result["flops"]
     lines += ["", f"- wall per call without the profiler: {wall * 1e3:.2f} ms (mean of 3, no hooks)"]
     if cuda:
         idle = max(0.0, wall - busy)
         lines.append(f"- kernels busy {busy * 1e3:.2f} ms of it; GPU waiting on the CPU (launch gaps): "
                      f"{idle * 1e3:.2f} ms ({idle / wall:.0%})")  # fmt: skip
-    lines += [f"- FLOPs (matmuls and convolutions): {tflops:.3f} T; at the wall above: {tflops / wall:.1f} TFLOP/s",
+    unit, scale = ("T", 1e12) if flops >= 1e11 else ("G", 1e9)
+    lines += [f"- FLOPs (matmuls and convolutions): {flops / scale:.3f} {unit}; at the wall above: "
+              f"{flops / scale / wall:.1f} {unit}FLOP/s",
               f"- attention backend seen: {result['attention']}", ""]  # fmt: skip
     return "\n".join(lines)
 
