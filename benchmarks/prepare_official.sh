@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Gathers, here where PyPI answers, what `bash benchmarks/gpu.sh official` needs on a lent GPU machine (which
 # reaches nothing outside itself). Both folders are git-ignored: name them in the device tool's `carry`.
-#   .official/i2vgen-xl  the official code, TIGER-AI-Lab/AnyV2V @ bc540be, its i2vgen-xl/ folder only (from the
+#   .official/i2vgen-xl  the official code, TIGER-AI-Lab/AnyV2V @ bc540be, the i2vgen-xl/ modules only (from the
 #                        checkout ANYV2V_REPO names, else a fresh clone)
 #   .whl-official/       its pinned libraries as wheels for the machine's Python 3.12 (8 MB of transformers
 #                        and 2 MB of diffusers among them, 14 MB in all; the working tree travels in 64 MiB):
@@ -19,7 +19,9 @@ if [[ ! -d .official/i2vgen-xl ]]; then
         git clone -q https://github.com/TIGER-AI-Lab/AnyV2V "$repo"
     fi
     mkdir -p .official
-    git -C "$repo" archive "$COMMIT" i2vgen-xl | tar -x -C .official
+    # the code this path imports, not the notebook and configs (the tree travels in 64 MiB)
+    git -C "$repo" archive "$COMMIT" i2vgen-xl/__init__.py i2vgen-xl/pipelines i2vgen-xl/pnp_utils.py \
+        i2vgen-xl/utils.py | tar -x -C .official
 fi
 PINS=(diffusers==0.26.3 transformers==4.38.2 tokenizers==0.15.2 huggingface_hub==0.20.3 importlib_metadata==7.0.1)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
