@@ -374,19 +374,18 @@ def build_dataset(
     ds = ds.flat_map(decode_clip, num_cpus=decode.num_cpus, compute=TaskPoolStrategy(size=decode.size))
     if mode == "edit":
         ds = actors(ds, EditorPool, "editor")
-        if job.share_model:  # one actor inverts and samples (no windows: check_share_model)
+        if job.share_model:  # one actor inverts and samples (no long clips: check_share_model)
             ds = actors(ds, ModelPool, "sampler", report=False)
         else:
             ds = actors(ds, InversionPool, "inversion")
-        windows = may_window(job) and not job.share_model
-        if windows:  # a long clip's windows, inverted as separate rows, joined again
-            ds = ds.map_batches(
-                WindowGather, compute=ActorPoolStrategy(size=1), batch_size=1, num_cpus=0,
-                fn_constructor_kwargs={"num_cpus": 1},
-            )  # fmt: skip
-        # a chain holds its sampler for all its windows: then no clip may queue behind it on that actor
-        # (Ray Data's default queues several tasks per actor); each goes to the first actor that is free
-        if not job.share_model:
+            windows = may_window(job)
+            if windows:  # a long clip's windows, inverted as separate rows, joined again
+                ds = ds.map_batches(
+                    WindowGather, compute=ActorPoolStrategy(size=1), batch_size=1, num_cpus=0,
+                    fn_constructor_kwargs={"num_cpus": 1},
+                )  # fmt: skip
+            # a chain holds its sampler for all its windows: then no clip may queue behind it on that actor
+            # (Ray Data's default queues several tasks per actor); each goes to the first actor that is free
             ds = actors(ds, SamplerPool, "sampler", in_flight=1 if windows else None)
         if job.evaluate.enabled:
             ds = actors(ds, ScorerPool, "scorer")
