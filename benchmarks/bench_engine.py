@@ -121,13 +121,13 @@ def vae_dtype_for(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype != torch.float32 else dtype  # the SD VAE's force_upcast, as from_pretrained
 
 
-def full_size_i2vgen_xl(device: str, dtype: torch.dtype):
-    """I2VGen-XL at its real sizes (UNet 320/640/1280/1280, cross-attention 1024; OpenCLIP ViT-H text
-    and vision towers; the SD VAE) with random weights."""
+def i2vgen_xl_modules(device: str) -> tuple:
+    """I2VGen-XL's (unet, vae, text encoder, image encoder) at their real sizes (UNet 320/640/1280/1280,
+    cross-attention 1024; OpenCLIP ViT-H text and vision towers; the SD VAE), random weights, float32, built
+    with whichever diffusers and transformers are imported (ours, or the official code's pins:
+    bench_official_i2vgen_xl.py)."""
     from diffusers import I2VGenXLUNet
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from anyv2v_batch.backbones.i2vgen_xl import I2VGenXL
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -141,6 +141,14 @@ def full_size_i2vgen_xl(device: str, dtype: torch.dtype):
                 patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu",
             )
         )  # fmt: skip
+    return unet, vae, text, vision
+
+
+def full_size_i2vgen_xl(device: str, dtype: torch.dtype):
+    """I2VGen-XL at its real sizes with random weights (`i2vgen_xl_modules`), as our backbone."""
+    from anyv2v_batch.backbones.i2vgen_xl import I2VGenXL
+
+    unet, vae, text, vision = i2vgen_xl_modules(device)
     return I2VGenXL(unet.to(dtype), vae.float(), text.to(dtype), tiny_tokenizer("i2vgen-xl"), vision.to(dtype),
                     CLIP_PREPROCESS, scheduler_config("i2vgen-xl"), vae_dtype=torch.float32)  # fmt: skip
 

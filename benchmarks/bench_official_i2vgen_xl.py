@@ -35,15 +35,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = next(
-    (p for p in (Path(os.environ.get("ANYV2V_SHARED_FIXTURES", "/nonexistent")), ROOT.parent / "shared" / "fixtures",
-                 ROOT / ".shared" / "fixtures") if (p / "anyv2v-reference").is_dir()),
-    ROOT.parent / "shared" / "fixtures",
-)  # fmt: skip
-TINY = FIXTURES / "anyv2v-reference" / "tiny-i2vgen-xl"
-CLIP_PREPROCESS = {"crop_size": {"height": 224, "width": 224}, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                   "image_std": [0.26862954, 0.26130258, 0.27577711]}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the shared fixtures' place and the full-size builders (imports only torch and numpy at module level, so it
+# loads in the official code's environment too; the builders use whichever diffusers is imported)
+import bench_engine as bench  # noqa: E402
 
 
 def official_modules():
@@ -66,36 +61,15 @@ def official_modules():
 
 
 def full_size_pipeline(pipeline_cls, device: str, dtype: torch.dtype):
-    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTokenizer,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    """The official pipeline on the full-size modules (bench_engine.i2vgen_xl_modules), the tiny fixture's
+    tokenizer and scheduler config, all in `dtype` as the official scripts load them."""
+    from diffusers import DDIMScheduler
+    from transformers import CLIPImageProcessor
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = I2VGenXLUNet()
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
-            scaling_factor=0.18215,
-        )  # fmt: skip
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=1024,
-                                            intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
-                                            projection_dim=1024, hidden_act="gelu"))  # fmt: skip
-        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32, patch_size=14,
-            image_size=224, projection_dim=1024, hidden_act="gelu"))  # fmt: skip
-    tokenizer = CLIPTokenizer.from_pretrained(TINY / "tokenizer")
-    tokenizer.model_max_length = 77
-    scheduler = DDIMScheduler.from_config(json.loads((TINY / "scheduler" / "scheduler_config.json").read_text()))
-    features = CLIPImageProcessor(**CLIP_PREPROCESS)
-    pipe = pipeline_cls(vae=vae, text_encoder=text, tokenizer=tokenizer, image_encoder=vision,
-                        feature_extractor=features, unet=unet, scheduler=scheduler)  # fmt: skip
+    unet, vae, text, vision = bench.i2vgen_xl_modules(device)
+    pipe = pipeline_cls(vae=vae, text_encoder=text, tokenizer=bench.tiny_tokenizer("i2vgen-xl"), image_encoder=vision,
+                        feature_extractor=CLIPImageProcessor(**bench.CLIP_PREPROCESS), unet=unet,
+                        scheduler=DDIMScheduler.from_config(bench.scheduler_config("i2vgen-xl")))  # fmt: skip
     return pipe.to(device=device, dtype=dtype)
 
 
@@ -120,7 +94,7 @@ def main() -> None:
     pipeline_cls, (conv, spatial, temporal) = official_modules()
     if args.smoke:
         device, dtype, frames, size, inversion_steps, steps = "cpu", torch.float32, 8, 32, 10, 5
-        pipe = pipeline_cls.from_pretrained(str(TINY), torch_dtype=dtype)
+        pipe = pipeline_cls.from_pretrained(str(bench.TINY["i2vgen-xl"]), torch_dtype=dtype)
     else:
         device, dtype, frames, size, inversion_steps, steps = args.device, torch.float16, 16, 512, 500, 50
         pipe = full_size_pipeline(pipeline_cls, device, dtype)
