@@ -51,6 +51,37 @@ def test_a_smoke_run_writes_a_model_that_loads_like_real_weights(tmp_path, monke
     assert rows[0] == "step,stage,loss,seconds" and {r.split(",")[1] for r in rows[1:]} == {"vae", "unet"}
 
 
+@pytest.mark.slow
+def test_a_wan_smoke_run_writes_a_model_that_loads_like_real_weights(tmp_path, monkeypatch):
+    """tools/organism/train_wan.py: the folder loads as `--backbone wan2.2-ti2v --model` loads real weights;
+    the transformer is the last checkpoint, the VAE's tables normalise the world's latents, and the
+    tokenizer knows every word of the world's captions."""
+    from safetensors.torch import load_file
+
+    from anyv2v_batch.backbones.wan_ti2v import WanTI2V
+    from anyv2v_batch.world import make_clip
+
+    train = load_tool("train_wan")
+    out = tmp_path / "wan-organism"
+    argv = ["train", "--out", str(out), "--smoke", "--threads", str(torch.get_num_threads())]
+    monkeypatch.setattr(sys, "argv", argv)
+    train.main()
+
+    backbone = WanTI2V.from_pretrained(str(out), device="cpu", dtype="float32")
+    assert backbone.transformer.config.num_layers == train.TRANSFORMER["num_layers"]
+    trained = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(trained[k], v) for k, v in backbone.transformer.state_dict().items())
+    clip = make_clip(123, frames=train.FRAMES, width=train.SIZE, height=train.SIZE)
+    latents = backbone.encode_video(clip.frames)  # [1, Z, 3, 8, 8]
+    assert latents.shape == (1, train.Z, 3, train.SIZE // 16, train.SIZE // 16)
+    assert 0.5 < float(latents.std()) < 2.0 and abs(float(latents.mean())) < 0.5
+    captions = [make_clip(seed).caption for seed in range(50)]
+    ids = backbone.tokenizer(captions).input_ids
+    assert backbone.tokenizer.unk_token_id not in {i for row in ids for i in row}
+    rows = (out / "training.csv").read_text().splitlines()
+    assert rows[0] == "step,stage,loss,seconds" and {r.split(",")[1] for r in rows[1:]} == {"vae", "transformer"}
+
+
 # measured on 96 held-out frames: the trained CLIP 96/96, the random tiny CLIP 54/96 (a coin: 0.5 +- 0.05);
 # here 48 frames, thresholds with a margin either side
 WINS_TRAINED, WINS_RANDOM = 0.9, 0.75

@@ -2,13 +2,16 @@
 the world moves them?
 
     python tools/organism/measure.py --model OUT [--clips 16] [--steps 25] [--guidance 3]
+    python tools/organism/measure.py --backbone wan2.2-ti2v --model OUT --size 128 --frames 9 --guidance 5
 
 For held-out clips of the world (seeds never drawn in training), sample a clip from its first frame and
-caption with the backbone's own conditioning and scheduler (DDIM, v-prediction, classifier-free
-guidance as the backbone's negative branch does it), then find each shape by its colour in every frame
-and compare its centre with the ground truth. Printed: the mean centre error in pixels over frames
-1..F-1, beside two baselines: a still clip (every shape stays where frame 0 has it) and the true motion
-(0 by definition), and the share of shapes found at all. A model that learnt the motion beats "still".
+caption with the backbone's own conditioning and scheduler (I2VGen-XL: DDIM, v-prediction,
+classifier-free guidance as the backbone's negative branch does it; Wan: the official TI2V loop, UniPC
+on the shifted flow grid, the first latent frame pinned, the official negative prompt), then find each
+shape by its colour in every frame and compare its centre with the ground truth. Printed: the mean
+centre error in pixels over frames 1..F-1, beside two baselines: a still clip (every shape stays where
+frame 0 has it) and the true motion (0 by definition), and the share of shapes found at all. A model
+that learnt the motion beats "still".
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def generate(backbone, first_frame: np.ndarray, caption: str, frames: int, steps
     from anyv2v_batch.backbones.base import Branch
     from anyv2v_batch.pnp_edit import to_uint8_frames
 
+    if backbone.flow:
+        return generate_flow(backbone, first_frame, caption, frames, steps, guidance, seed)
     cond = backbone.condition(
         [Branch("", first_frame, image_embedding=False), Branch(caption, first_frame)], frames, 8.0
     )
@@ -45,6 +50,22 @@ def generate(backbone, first_frame: np.ndarray, caption: str, frames: int, steps
     for t in scheduler.timesteps:
         neg, pos = backbone.predict(torch.cat([latents, latents]), int(t), cond).chunk(2)
         latents = scheduler.step(neg + guidance * (pos - neg), t, latents).prev_sample
+    return to_uint8_frames(backbone.decode_video(latents))
+
+
+@torch.no_grad()
+def generate_flow(backbone, first_frame: np.ndarray, caption: str, frames: int, steps: int, guidance: float, seed: int):
+    from anyv2v_batch.backbones.wan_ti2v import generate as ti2v_generate
+    from anyv2v_batch.flow import DEFAULT_SHIFT
+    from anyv2v_batch.pnp_edit import to_uint8_frames
+    from anyv2v_batch.settings import WAN_NEGATIVE_PROMPT
+
+    image_latent = backbone.encode_image(first_frame)
+    shape = list(image_latent.shape)
+    shape[2] = (frames - 1) // backbone.vae_scale_factor_temporal + 1
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    context, negative = backbone.encode_prompts([caption, WAN_NEGATIVE_PROMPT]).chunk(2)
+    latents = ti2v_generate(backbone, noise, image_latent, context, negative, steps, DEFAULT_SHIFT, guidance)
     return to_uint8_frames(backbone.decode_video(latents))
 
 
@@ -67,20 +88,25 @@ def centre_errors(clip, frames: np.ndarray) -> tuple[list[float], int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
+    parser.add_argument("--backbone", default="i2vgen-xl")
+    parser.add_argument("--size", type=int, default=32, help="frame width and height (the Wan organism: 128)")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--motion", default=None, help="only clips of this motion (moves, bounces, pan)")
+    parser.add_argument("--shapes", type=int, default=None, help="only clips of this many shapes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from anyv2v_batch.backbones.i2vgen_xl import I2VGenXL
+    from anyv2v_batch.backbones import backbone_class
 
-    backbone = I2VGenXL.from_pretrained(args.model, device="cpu", dtype="float32")
+    backbone = backbone_class(args.backbone).from_pretrained(args.model, device="cpu", dtype="float32")
     model_err, still_err, looked, found = [], [], 0, 0
     for i in range(args.clips):
-        clip = make_clip(HELD_OUT + i, frames=args.frames, motion=args.motion)
+        clip = make_clip(
+            HELD_OUT + i, frames=args.frames, width=args.size, height=args.size, motion=args.motion, shapes=args.shapes
+        )
         out = generate(backbone, clip.frames[0], clip.caption, args.frames, args.steps, args.guidance, seed=i)
         e, n, k = centre_errors(clip, out)
         model_err += e

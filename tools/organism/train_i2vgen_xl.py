@@ -73,8 +73,8 @@ VAE = {
 STARTER = ("text_encoder", "image_encoder", "tokenizer", "feature_extractor", "scheduler")
 
 
-def clips(seed: int, count: int) -> list:
-    return [make_clip(seed * 1000 + i, frames=FRAMES, width=SIZE, height=SIZE) for i in range(count)]
+def clips(seed: int, count: int, shapes: int | None = None) -> list:
+    return [make_clip(seed * 1000 + i, frames=FRAMES, width=SIZE, height=SIZE, shapes=shapes) for i in range(count)]
 
 
 def to_pixels(frames: np.ndarray) -> torch.Tensor:
@@ -140,7 +140,15 @@ def conditioning(backbone, batch: list, drop: np.ndarray) -> dict[str, torch.Ten
 
 
 def train_unet(
-    out: Path, steps: int, batch: int, log: Path, lr: float, save_every: int, resume: bool = False, decay: bool = False
+    out: Path,
+    steps: int,
+    batch: int,
+    log: Path,
+    lr: float,
+    save_every: int,
+    resume: bool = False,
+    decay: bool = False,
+    shapes: int | None = None,
 ) -> None:
     """`steps` more steps; `resume`: from OUT/unet's checkpoint (a fresh optimizer, warmed up again);
     `decay`: the learning rate falls linearly to 0 over this run (a last run settles the noisy end)."""
@@ -174,7 +182,7 @@ def train_unet(
     rng = np.random.default_rng(2 + done)
     started = time.perf_counter()
     for step in range(done, done + steps):
-        batch_clips = clips(10**7 + step, batch)
+        batch_clips = clips(10**7 + step, batch, shapes)
         drop = rng.random(batch) < 0.1
         with torch.no_grad():
             x0 = torch.cat([backbone.encode_video(c.frames) for c in batch_clips]).clone()  # [B, C, F, h, w]
@@ -221,6 +229,7 @@ def main() -> None:
     parser.add_argument("--skip-vae", action="store_true", help="keep OUT/vae (train only the UNet)")
     parser.add_argument("--resume", action="store_true", help="keep OUT/vae; the UNet on from its checkpoint")
     parser.add_argument("--decay", action="store_true", help="the learning rate falls linearly to 0 over the run")
+    parser.add_argument("--shapes", type=int, default=None, help="UNet clips of this many shapes (default 1 to 3)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of each stage: the script works")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -238,7 +247,17 @@ def main() -> None:
     if not (args.skip_vae or args.resume):
         log.write_text("step,stage,loss,seconds\n")
         train_vae(out, args.vae_steps, max(2, args.batch * 2), log)
-    train_unet(out, args.unet_steps, args.batch, log, args.lr, args.save_every, resume=args.resume, decay=args.decay)
+    train_unet(
+        out,
+        args.unet_steps,
+        args.batch,
+        log,
+        args.lr,
+        args.save_every,
+        resume=args.resume,
+        decay=args.decay,
+        shapes=args.shapes,
+    )
 
 
 if __name__ == "__main__":
