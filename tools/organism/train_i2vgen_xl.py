@@ -244,6 +244,8 @@ def main() -> None:
     index = json.loads((starter / "model_index.json").read_text())
     (out / "model_index.json").write_text(json.dumps(index, indent=1))
     log = out / "training.csv"
+    with (out / "commands.txt").open("a") as f:  # how the weights came to be, run by run (export keeps it)
+        f.write(" ".join(["python", "tools/organism/" + Path(__file__).name, *sys.argv[1:]]) + "\n")
     if not (args.skip_vae or args.resume):
         log.write_text("step,stage,loss,seconds\n")
         train_vae(out, args.vae_steps, max(2, args.batch * 2), log)

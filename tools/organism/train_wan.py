@@ -132,15 +132,20 @@ def save_atomic(module, folder: Path) -> None:
     tmp.rename(folder)
 
 
-def train_vae(out: Path, steps: int, batch: int, log: Path, shapes: int | None) -> None:
+def train_vae(out: Path, steps: int, batch: int, log: Path, shapes: int | None, resume: bool = False) -> None:
+    """`steps` steps of the VAE, from scratch or (`resume`) on from OUT/vae (its tables are set anew)."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**VAE)
+    done = 0
+    if resume:
+        vae = AutoencoderKLWan.from_pretrained(str(out / "vae")).train()
+        done = 1 + max(int(r.split(",")[0]) for r in log.read_text().splitlines()[1:] if ",vae," in r)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     started = time.perf_counter()
-    for step in range(steps):
+    for step in range(done, done + steps):
         x = to_video(clips(step, batch, VAE_FRAMES, shapes))
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -152,7 +157,7 @@ def train_vae(out: Path, steps: int, batch: int, log: Path, shapes: int | None) 
         loss.backward()
         opt.step()
         sched.step()
-        if step % 25 == 0 or step == steps - 1:
+        if step % 25 == 0 or step == done + steps - 1:
             log_row(log, [step, "vae", f"{loss.item():.5f}", f"{time.perf_counter() - started:.1f}"])
             print(f"vae {step}: {loss.item():.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
     vae.eval()
@@ -272,6 +277,7 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-vae", action="store_true", help="keep OUT/vae (train only the transformer)")
+    parser.add_argument("--resume-vae", action="store_true", help="the VAE on from OUT/vae, then the transformer anew")
     parser.add_argument("--smoke", action="store_true", help="a few steps of each stage: the script works")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -280,7 +286,13 @@ def main() -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "training.csv"
-    if not args.skip_vae:
+    with (out / "commands.txt").open("a") as f:  # how the weights came to be, run by run (export keeps it)
+        f.write(" ".join(["python", "tools/organism/" + Path(__file__).name, *sys.argv[1:]]) + "\n")
+    if args.resume_vae or args.skip_vae:  # the transformer trains anew: the old one's rows go
+        log.write_text("\n".join(r for r in log.read_text().splitlines() if ",transformer," not in r) + "\n")
+    if args.resume_vae:
+        train_vae(out, args.vae_steps, args.vae_batch, log, args.shapes, resume=True)
+    elif not args.skip_vae:
         log.write_text("step,stage,loss,seconds\n")
         write_text_parts(out)
         train_vae(out, args.vae_steps, args.vae_batch, log, args.shapes)
