@@ -42,6 +42,9 @@ def export(trained: Path, dest: Path) -> None:
         half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         save_file({k: v.contiguous() for k, v in half.items()}, str(weights))
     record = {"steps": stage_steps(trained / "training.csv"), "weights": "float16"}
+    checkpoint = trained / "unet" / "trained_steps.json"
+    if checkpoint.exists():  # the checkpoint's own count (the log has a row every few steps)
+        record["steps"]["unet"] = json.loads(checkpoint.read_text())["steps"]
     commands = trained / "commands.txt"
     if commands.exists():
         record["commands"] = commands.read_text().splitlines()
