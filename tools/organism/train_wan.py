@@ -60,7 +60,7 @@ VAE = {
     "scale_factor_temporal": 4,
     "scale_factor_spatial": 16,
 }
-TRANSFORMER = {  # 0.8 M parameters
+TRANSFORMER = {  # 0.98 M parameters
     "patch_size": (1, 2, 2),
     "num_attention_heads": 4,
     "attention_head_dim": 32,  # width 128 > a token's 64 values
