@@ -184,11 +184,13 @@ class WanTI2V(Backbone):
         return pad_prompts([h[: int(m.sum())] for h, m in zip(hidden, mask, strict=True)])
 
     # ---- the network
-    def token_timesteps(self, latents: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """One timestep per token, [B, T * h/2 * w/2]: 0 on the first latent frame's tokens, t elsewhere."""
+    def token_timesteps(self, latents: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """One timestep per token, [B, T * h/2 * w/2]: 0 on the first latent frame's tokens, t elsewhere
+        (t a number, or [B]: one per clip, as training draws them)."""
         b, _, frames, h, w = latents.shape
         per_frame = (h // self.patch) * (w // self.patch)
-        ts = torch.full((b, frames * per_frame), float(t), device=latents.device)
+        per_clip = torch.as_tensor(t, dtype=torch.float32, device=latents.device).reshape(-1, 1)
+        ts = per_clip.expand(b, frames * per_frame).clone()
         ts[:, :per_frame] = 0.0
         return ts
 

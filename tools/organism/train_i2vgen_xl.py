@@ -25,7 +25,6 @@ thread count: the same command, the same weights.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -37,6 +36,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the checkout, for a run without installing
+sys.path.insert(0, str(HERE))  # the trainers' shared parts
+
+from organism_training import log_row, vae_loss  # noqa: E402
 
 from anyv2v_batch.world import make_clip  # noqa: E402
 
@@ -82,17 +84,6 @@ def to_pixels(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def away_from_background(x: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] -> [N, 1, H, W], 1 where a pixel is far from its image's median colour (a shape)."""
-    background = x.flatten(2).median(dim=-1).values[..., None, None]
-    return ((x - background).abs().amax(1, keepdim=True) > 0.1).float()
-
-
-def log_row(path: Path, row: list) -> None:
-    with path.open("a", newline="") as f:
-        csv.writer(f).writerow(row)
-
-
 def train_vae(out: Path, steps: int, batch: int, log: Path) -> None:
     from diffusers import AutoencoderKL
 
@@ -104,13 +95,7 @@ def train_vae(out: Path, steps: int, batch: int, log: Path) -> None:
     for step in range(steps):
         frames = np.concatenate([c.frames[[0, FRAMES - 1]] for c in clips(step, batch // 2)])
         x = to_pixels(frames)
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        # the shapes are a small share of the pixels: their error counts 10x, or the VAE learns the
-        # backgrounds and smears the shapes' colours (a colour is what the organism's tests measure by)
-        weight = 1.0 + 9.0 * away_from_background(x)
-        error = (recon - x).abs() + (recon - x).square()
-        loss = (weight * error).sum() / (weight.sum() * 3) + 1e-6 * posterior.kl().mean()
+        loss = vae_loss(vae, x)
         opt.zero_grad()
         loss.backward()
         opt.step()

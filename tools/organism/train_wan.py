@@ -27,7 +27,6 @@ the tokenizer is word-level over the world's words. Deterministic on the CPU for
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -38,6 +37,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the checkout, for a run without installing
+sys.path.insert(0, str(HERE))  # the trainers' shared parts
+
+from organism_training import log_row, vae_loss  # noqa: E402
 
 from anyv2v_batch import world  # noqa: E402
 
@@ -110,17 +112,6 @@ def to_video(batch: list) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def away_from_background(x: torch.Tensor) -> torch.Tensor:
-    """[B, 3, F, H, W] -> [B, 1, F, H, W], 1 where a pixel is far from its clip's median colour (a shape)."""
-    background = x.flatten(2).median(dim=-1).values[..., None, None, None]
-    return ((x - background).abs().amax(1, keepdim=True) > 0.1).float()
-
-
-def log_row(path: Path, row: list) -> None:
-    with path.open("a", newline="") as f:
-        csv.writer(f).writerow(row)
-
-
 def save_atomic(module, folder: Path) -> None:
     """save_pretrained to a temporary folder, then renamed: a checkpoint is whole or absent."""
     import shutil
@@ -136,23 +127,19 @@ def train_vae(out: Path, steps: int, batch: int, log: Path, shapes: int | None, 
     """`steps` steps of the VAE, from scratch or (`resume`) on from OUT/vae (its tables are set anew)."""
     from diffusers import AutoencoderKLWan
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(**VAE)
     done = 0
     if resume:
         vae = AutoencoderKLWan.from_pretrained(str(out / "vae")).train()
         done = 1 + max(int(r.split(",")[0]) for r in log.read_text().splitlines()[1:] if ",vae," in r)
+    else:
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(**VAE)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     started = time.perf_counter()
     for step in range(done, done + steps):
         x = to_video(clips(step, batch, VAE_FRAMES, shapes))
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        # the shapes are a small share of the pixels: their error counts 10x (a colour is what is measured)
-        weight = 1.0 + 9.0 * away_from_background(x)
-        error = (recon - x).abs() + (recon - x).square()
-        loss = (weight * error).sum() / (weight.sum() * 3) + 1e-6 * posterior.kl().mean()
+        loss = vae_loss(vae, x)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -197,15 +184,6 @@ def latent_pool(backbone, count: int, shapes: int | None) -> tuple[torch.Tensor,
     return torch.stack(latents), captions
 
 
-def token_timesteps(latents: torch.Tensor, sigma: torch.Tensor, patch: int) -> torch.Tensor:
-    """[B, tokens]: 0 on the first latent frame's tokens, sigma * 1000 on the others (a timestep per clip)."""
-    b, _, frames, h, w = latents.shape
-    per_frame = (h // patch) * (w // patch)
-    ts = (sigma[:, None] * 1000).expand(b, frames * per_frame).clone()
-    ts[:, :per_frame] = 0.0
-    return ts
-
-
 def train_transformer(
     out: Path, steps: int, batch: int, pool_size: int, log: Path, lr: float, save_every: int, shapes: int | None
 ) -> None:
@@ -247,7 +225,7 @@ def train_transformer(
         noisy[:, :, :1] = x0[:, :, :1]  # the first latent frame is the clean image latent, as sampling pins it
         pred = transformer(
             noisy,
-            timestep=token_timesteps(noisy, sigma, backbone.patch),
+            timestep=backbone.token_timesteps(noisy, sigma * 1000),
             encoder_hidden_states=context,
             return_dict=False,
         )[0]
