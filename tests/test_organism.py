@@ -81,6 +81,16 @@ def test_a_wan_smoke_run_writes_a_model_that_loads_like_real_weights(tmp_path, m
     rows = (out / "training.csv").read_text().splitlines()
     assert rows[0] == "step,stage,loss,seconds" and {r.split(",")[1] for r in rows[1:]} == {"vae", "transformer"}
 
+    # --resume: the DiT goes on from its checkpoint (its step count beside it), from the cached pool
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
+    train.main()
+    resumed = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert json.loads((out / "transformer" / "trained_steps.json").read_text()) == {"steps": 6}
+    assert any(not torch.equal(resumed[k], trained[k]) for k in trained)
+    steps = [int(r.split(",")[0]) for r in (out / "training.csv").read_text().splitlines() if ",transformer," in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 5
+    assert (out / "commands.txt").read_text().count("--resume") == 1
+
 
 # measured on 96 held-out frames: the trained CLIP 96/96, the random tiny CLIP 54/96 (a coin: 0.5 +- 0.05);
 # here 48 frames, thresholds with a margin either side

@@ -1,6 +1,6 @@
 """Copy a trained organism folder into the package (`anyv2v_batch/organism/<name>/`), its weights in float16.
 
-    python tools/organism/export.py --trained OUT [--name i2vgen-xl-world]
+    python tools/organism/export.py --trained OUT [--name i2vgen-xl-world | wan2.2-ti2v-world]
 
 float16 halves what the tracked tree carries (the lean-suite limit is 48 MiB); the backbone loads the
 weights in the dtype a job asks for (float32 on a CPU), so only their rounding (about 5e-4 relative)
@@ -36,15 +36,17 @@ def stage_steps(log: Path) -> dict[str, int]:
 def export(trained: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(trained, tmp, ignore=shutil.ignore_patterns("*.tmp", "trained_steps.json", "commands.txt"))
+    left = shutil.ignore_patterns("*.tmp", "trained_steps.json", "commands.txt", "latent-pool.safetensors")
+    shutil.copytree(trained, tmp, ignore=left)
     for weights in tmp.rglob("*.safetensors"):
         tensors = load_file(str(weights))
         half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         save_file({k: v.contiguous() for k, v in half.items()}, str(weights))
     record = {"steps": stage_steps(trained / "training.csv"), "weights": "float16"}
-    checkpoint = trained / "unet" / "trained_steps.json"
-    if checkpoint.exists():  # the checkpoint's own count (the log has a row every few steps)
-        record["steps"]["unet"] = json.loads(checkpoint.read_text())["steps"]
+    for denoiser in ("unet", "transformer"):  # the checkpoint's own count (the log has a row every few steps)
+        checkpoint = trained / denoiser / "trained_steps.json"
+        if checkpoint.exists():
+            record["steps"][denoiser] = json.loads(checkpoint.read_text())["steps"]
     commands = trained / "commands.txt"
     if commands.exists():
         record["commands"] = commands.read_text().splitlines()

@@ -1,6 +1,7 @@
 """Train the model organism's Wan2.2 TI2V: the real architecture at a tiny size, on the synthetic world.
 
-    python tools/organism/train_wan.py --out OUT [--vae-steps 2000] [--steps 3000] [--smoke]
+    python tools/organism/train_wan.py --out OUT [--vae-steps 2000] [--steps 3000] [--shapes 1] [--smoke]
+    python tools/organism/train_wan.py --out OUT --resume --steps 5000   # the DiT on from its checkpoint
 
 Writes a diffusers folder that `--backbone wan2.2-ti2v --model OUT` loads like the real weights
 (transformer/, vae/, text_encoder/, tokenizer/, model_index.json), plus `OUT/training.csv` (step, stage,
@@ -8,11 +9,13 @@ loss, seconds). Frames are 128x128 (the Wan2.2 VAE compresses 16x16 pixels into 
 patches 2x2 latents: 4x4 tokens a latent frame), clips 9 frames (three latent frames: the first frame
 alone, then four frames each). Two stages:
 
-1. the VAE (`AutoencoderKLWan`, the Wan2.2 residual layout with its 2x2 patchify and 4x temporal
-   compression; 16 latent channels instead of 48, so that a token's values (16 x 2 x 2) stay below the
-   DiT's width) learns to reconstruct 5-frame world clips (the causal first-frame chunk and one 4-frame
-   chunk: the two paths a longer clip takes). Its `latents_mean` / `latents_std` are then set per channel
-   from fresh clips' latents, as the real VAE's tables normalise its latents for the flow;
+1. the VAE (`AutoencoderKLWan`, the Wan2.2 residual layout with its 2x2 patchify, 4x temporal
+   compression and 48 latent channels, as the real one; narrow, the decoder twice the encoder's width)
+   learns to reconstruct 9-frame world clips: the causal first-frame chunk, then two 4-frame chunks, the
+   second reading the first's cache (trained on 5 frames only, the second chunk's colours drifted). It
+   sees random 64x64 windows (`--crop`): a convolutional VAE sees the same scale at a quarter of the
+   cost. Its `latents_mean` / `latents_std` are then set per channel from whole clips' latents, as the
+   real VAE's tables normalise its latents for the flow;
 2. the DiT (`WanTransformer3DModel`) learns the world's motion with the TI2V objective as our backbone
    samples it (`backbones/wan_ti2v.py`): rectified flow, x_s = (1 - s) x0 + s noise, velocity target
    noise - x0; the first latent frame is the clean image latent with timestep 0 on its tokens (pinned, as
@@ -22,6 +25,7 @@ alone, then four frames each). Two stages:
 
 umT5 stays the tiny random encoder it starts as (frozen; a fixed random map still tells captions apart);
 the tokenizer is word-level over the world's words. Deterministic on the CPU for a given thread count.
+The encoded pool is kept in OUT/latent-pool.safetensors (not exported) for a resumed run.
 """
 
 from __future__ import annotations
@@ -43,11 +47,11 @@ from organism_training import log_row, vae_loss  # noqa: E402
 
 from anyv2v_batch import world  # noqa: E402
 
-FRAMES, VAE_FRAMES, SIZE = 9, 5, 128
-Z = 16  # latent channels
-VAE = {
+FRAMES, VAE_FRAMES, SIZE = 9, 9, 128  # the VAE on whole clips: a later chunk reads the one before's cache
+Z = 48  # latent channels, as the real Wan2.2 VAE: 4x16x16 pixels (3072 values) into 48
+VAE = {  # 0.70 M parameters
     "base_dim": 8,
-    "decoder_base_dim": 8,
+    "decoder_base_dim": 16,  # the decoder wider, as the real one (256 against 160): sharp edges are its job
     "z_dim": Z,
     "dim_mult": [1, 2, 2, 2],  # three 2x downsamplings after the 2x2 patchify: 16x16 pixels a latent
     "num_res_blocks": 1,
@@ -62,16 +66,16 @@ VAE = {
     "scale_factor_temporal": 4,
     "scale_factor_spatial": 16,
 }
-TRANSFORMER = {  # 0.98 M parameters
+TRANSFORMER = {  # 2.1 M parameters
     "patch_size": (1, 2, 2),
-    "num_attention_heads": 4,
-    "attention_head_dim": 32,  # width 128 > a token's 64 values
+    "num_attention_heads": 7,
+    "attention_head_dim": 32,  # width 224 > a token's 192 values (48 x 2 x 2)
     "in_channels": Z,
     "out_channels": Z,
     "text_dim": 32,
     "freq_dim": 256,
     "ffn_dim": 256,
-    "num_layers": 4,
+    "num_layers": 3,
     "cross_attn_norm": True,
     "qk_norm": "rms_norm_across_heads",
     "eps": 1e-6,
@@ -112,19 +116,34 @@ def to_video(batch: list) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def save_atomic(module, folder: Path) -> None:
-    """save_pretrained to a temporary folder, then renamed: a checkpoint is whole or absent."""
+def save_atomic(module, folder: Path, steps: int | None = None) -> None:
+    """save_pretrained to a temporary folder, then renamed: a checkpoint is whole or absent (with
+    `steps`, its step count beside it in trained_steps.json, what a resumed run goes on from)."""
     import shutil
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     module.save_pretrained(tmp)
+    if steps is not None:
+        (tmp / "trained_steps.json").write_text(json.dumps({"steps": steps}))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
-def train_vae(out: Path, steps: int, batch: int, log: Path, shapes: int | None, resume: bool = False) -> None:
-    """`steps` steps of the VAE, from scratch or (`resume`) on from OUT/vae (its tables are set anew)."""
+def crops(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """[B, 3, F, H, W] -> [B, 3, F, size, size], one random window a clip (multiples of 16: the VAE's
+    latent grid, so a crop's latents are the whole frame's)."""
+    if size >= x.shape[-1]:
+        return x
+    corners = rng.integers(0, (x.shape[-1] - size) // 16 + 1, (len(x), 2)) * 16
+    return torch.stack([c[..., i : i + size, j : j + size] for c, (i, j) in zip(x, corners, strict=True)])
+
+
+def train_vae(
+    out: Path, steps: int, batch: int, log: Path, shapes: int | None, crop: int = SIZE, resume: bool = False
+) -> None:
+    """`steps` steps of the VAE on `crop`-pixel windows, from scratch or (`resume`) on from OUT/vae (its
+    tables are set anew, from whole frames)."""
     from diffusers import AutoencoderKLWan
 
     done = 0
@@ -138,7 +157,7 @@ def train_vae(out: Path, steps: int, batch: int, log: Path, shapes: int | None, 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     started = time.perf_counter()
     for step in range(done, done + steps):
-        x = to_video(clips(step, batch, VAE_FRAMES, shapes))
+        x = crops(to_video(clips(step, batch, VAE_FRAMES, shapes)), crop, np.random.default_rng(step))
         loss = vae_loss(vae, x)
         opt.zero_grad()
         loss.backward()
@@ -173,20 +192,44 @@ def write_text_parts(out: Path) -> None:
 
 
 @torch.no_grad()
-def latent_pool(backbone, count: int, shapes: int | None) -> tuple[torch.Tensor, list[str]]:
+def latent_pool(backbone, count: int, shapes: int | None, cache: Path) -> tuple[torch.Tensor, list[str]]:
     """`count` world clips (seeds apart from every held-out draw) as the backbone encodes them:
-    [count, Z, 3, 8, 8] normalised latents, and their captions."""
+    [count, Z, 3, 8, 8] normalised latents, and their captions. Kept in `cache` (a resumed run reads it
+    back when it was made from the same VAE and draw)."""
+    from safetensors.torch import load_file, save_file
+
+    key = {"count": str(count), "shapes": str(shapes), "vae": str((cache.parent / "vae").stat().st_mtime_ns)}
+    if cache.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(cache), "pt") as f:
+            meta = f.metadata()
+        if {k: meta.get(k) for k in key} == key:
+            return load_file(str(cache))["latents"], json.loads(meta["captions"])
     latents, captions = [], []
     for i in range(count):
         clip = world.make_clip(10**7 + i, frames=FRAMES, width=SIZE, height=SIZE, shapes=shapes)
         latents.append(backbone.encode_video(clip.frames)[0])
         captions.append(clip.caption)
-    return torch.stack(latents), captions
+    pool = torch.stack(latents)
+    save_file({"latents": pool}, str(cache.with_suffix(".tmp")), metadata=key | {"captions": json.dumps(captions)})
+    cache.with_suffix(".tmp").rename(cache)
+    return pool, captions
 
 
 def train_transformer(
-    out: Path, steps: int, batch: int, pool_size: int, log: Path, lr: float, save_every: int, shapes: int | None
+    out: Path,
+    steps: int,
+    batch: int,
+    pool_size: int,
+    log: Path,
+    lr: float,
+    save_every: int,
+    shapes: int | None,
+    resume: bool = False,
 ) -> None:
+    """`steps` steps of the DiT, anew or (`resume`) on from OUT/transformer's checkpoint (a fresh
+    optimizer, warmed up again); the learning rate falls linearly to 0 over the run."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -194,8 +237,15 @@ def train_transformer(
     from anyv2v_batch.flow import shift_sigmas
     from anyv2v_batch.settings import WAN_NEGATIVE_PROMPT
 
-    torch.manual_seed(1)
-    transformer = WanTransformer3DModel(**TRANSFORMER)
+    done = 0
+    if resume:
+        transformer = WanTransformer3DModel.from_pretrained(str(out / "transformer"))
+        done = json.loads((out / "transformer" / "trained_steps.json").read_text())["steps"]
+        kept = [r for r in log.read_text().splitlines() if ",transformer," not in r or int(r.split(",")[0]) < done]
+        log.write_text("\n".join(kept) + "\n")  # rows past the checkpoint were not kept
+    else:
+        torch.manual_seed(1)
+        transformer = WanTransformer3DModel(**TRANSFORMER)
     backbone = WanTI2V(
         transformer,
         AutoencoderKLWan.from_pretrained(str(out / "vae")),
@@ -204,14 +254,14 @@ def train_transformer(
     )
     transformer.train().requires_grad_(True)  # the backbone freezes what it is given
     started = time.perf_counter()
-    pool, captions = latent_pool(backbone, pool_size, shapes)
+    pool, captions = latent_pool(backbone, pool_size, shapes, out / "latent-pool.safetensors")
     print(f"pool of {pool_size} clips encoded ({time.perf_counter() - started:.0f} s)", flush=True)
     contexts = {c: backbone.encode_prompts([c]) for c in sorted(set(captions)) + [WAN_NEGATIVE_PROMPT]}
     opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.0)
     warmup = min(200, steps // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (1.0 - s / steps))
-    rng = np.random.default_rng(2)
-    for step in range(steps):
+    rng = np.random.default_rng(2 + done)
+    for run_step, step in enumerate(range(done, done + steps)):
         pick = rng.integers(0, pool_size, batch)
         drop = rng.random(batch) < 0.1
         x0 = pool[torch.from_numpy(pick)]
@@ -235,18 +285,19 @@ def train_transformer(
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 25 == 0 or step == steps - 1:
+        if step % 25 == 0 or run_step == steps - 1:
             log_row(log, [step, "transformer", f"{loss.item():.5f}", f"{time.perf_counter() - started:.1f}"])
             print(f"transformer {step}: {loss.item():.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
-        if (step + 1) % save_every == 0 or step == steps - 1:
-            save_atomic(transformer, out / "transformer")
+        if (step + 1) % save_every == 0 or run_step == steps - 1:
+            save_atomic(transformer, out / "transformer", steps=step + 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--vae-steps", type=int, default=2000)
-    parser.add_argument("--vae-batch", type=int, default=2)
+    parser.add_argument("--vae-batch", type=int, default=4)
+    parser.add_argument("--crop", type=int, default=64, help="the VAE's training windows, pixels (multiple of 16)")
     parser.add_argument("--steps", type=int, default=3000, help="the transformer's")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--pool", type=int, default=4000, help="world clips encoded for the transformer")
@@ -256,6 +307,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-vae", action="store_true", help="keep OUT/vae (train only the transformer)")
     parser.add_argument("--resume-vae", action="store_true", help="the VAE on from OUT/vae, then the transformer anew")
+    parser.add_argument("--resume", action="store_true", help="keep OUT/vae; the transformer on from its checkpoint")
     parser.add_argument("--smoke", action="store_true", help="a few steps of each stage: the script works")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -266,15 +318,18 @@ def main() -> None:
     log = out / "training.csv"
     with (out / "commands.txt").open("a") as f:  # how the weights came to be, run by run (export keeps it)
         f.write(" ".join(["python", "tools/organism/" + Path(__file__).name, *sys.argv[1:]]) + "\n")
-    if args.resume_vae or args.skip_vae:  # the transformer trains anew: the old one's rows go
+    if (args.resume_vae or args.skip_vae) and not args.resume:  # the transformer trains anew: its old rows go
         log.write_text("\n".join(r for r in log.read_text().splitlines() if ",transformer," not in r) + "\n")
     if args.resume_vae:
-        train_vae(out, args.vae_steps, args.vae_batch, log, args.shapes, resume=True)
-    elif not args.skip_vae:
+        train_vae(out, args.vae_steps, args.vae_batch, log, args.shapes, args.crop, resume=True)
+    elif not (args.skip_vae or args.resume):
         log.write_text("step,stage,loss,seconds\n")
         write_text_parts(out)
-        train_vae(out, args.vae_steps, args.vae_batch, log, args.shapes)
-    train_transformer(out, args.steps, args.batch, args.pool, log, args.lr, args.save_every, args.shapes)
+        train_vae(out, args.vae_steps, args.vae_batch, log, args.shapes, args.crop)
+    if args.steps:  # --steps 0: the VAE alone (the transformer then with --skip-vae)
+        train_transformer(
+            out, args.steps, args.batch, args.pool, log, args.lr, args.save_every, args.shapes, resume=args.resume
+        )
 
 
 if __name__ == "__main__":
