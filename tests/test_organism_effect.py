@@ -39,19 +39,24 @@ ROUTE_THRESHOLD = 0.3  # motion fidelity: held edits 0.58, every other edit 0.21
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def table() -> dict:
-    """{setting: {column: [value per clip]}} for the held-out clips, as tools/organism/ablation.py measures."""
-    from anyv2v_batch.backbones.i2vgen_xl import I2VGenXL
+def measured(backbone, guidance: float, frames: int = 8, size: int = 32) -> dict:
+    """{setting: {column: [value per clip]}} for the held-out clips, as tools/organism/ablation.py measures:
+    the full edit, the fresh-noise ablation (the backbone's own table of them) and another clip's frame."""
     from anyv2v_batch.scores import Scorer
 
     ablation = load_tool("ablation")
-    backbone = I2VGenXL.from_pretrained(str(I2VGEN_XL_WORLD), device="cpu", dtype="float32")
-    scorer = Scorer(str(WORLD_CLIP))
-    clips = [ablation.held_out_clip(i) for i in range(CLIPS)]
-    settings = {name: ablation.SETTINGS[name] for name in (FULL, NO_NOISE)}
+    clips = [ablation.held_out_clip(i, frames, size) for i in range(CLIPS)]
+    table = ablation.FLOW_SETTINGS if backbone.flow else ablation.SETTINGS
+    settings = {name: table[name] for name in (FULL, NO_NOISE)}
     with torch.inference_mode():
-        return ablation.measure(backbone, scorer, clips, STEPS, GUIDANCE, settings, wrong_frame=True)
+        return ablation.measure(backbone, Scorer(str(WORLD_CLIP)), clips, STEPS, guidance, settings, wrong_frame=True)
+
+
+@pytest.fixture(scope="module")
+def table() -> dict:
+    from anyv2v_batch.backbones.i2vgen_xl import I2VGenXL
+
+    return measured(I2VGenXL.from_pretrained(str(I2VGEN_XL_WORLD), device="cpu", dtype="float32"), GUIDANCE)
 
 
 def held(row: dict, i: int) -> bool:
@@ -99,17 +104,10 @@ WAN_LOST_PX = 20.0
 
 @pytest.fixture(scope="module")
 def wan_table() -> dict:
-    """The Wan organism's table, as `ablation.py --backbone wan2.2-ti2v --size 128 --frames 9` measures."""
     from anyv2v_batch.backbones.wan_ti2v import WanTI2V
-    from anyv2v_batch.scores import Scorer
 
-    ablation = load_tool("ablation")
     backbone = WanTI2V.from_pretrained(str(WAN_WORLD), device="cpu", dtype="float32")
-    scorer = Scorer(str(WORLD_CLIP))
-    clips = [ablation.held_out_clip(i, WAN_FRAMES, WAN_SIZE) for i in range(CLIPS)]
-    settings = {name: ablation.FLOW_SETTINGS[name] for name in (FULL, NO_NOISE)}
-    with torch.inference_mode():
-        return ablation.measure(backbone, scorer, clips, STEPS, WAN_GUIDANCE, settings, wrong_frame=True)
+    return measured(backbone, WAN_GUIDANCE, WAN_FRAMES, WAN_SIZE)
 
 
 def test_a_wan_edit_follows_the_source_and_needs_its_first_frame_and_inversion(wan_table):

@@ -10,7 +10,7 @@ with the package so that a first run sees an edit really propagate, offline and 
   (`tools/organism/train_clip.py`), so that the scorer's CLIP scores mean something on the world;
   `--evaluate-model` loads it.
 
-Weights are safetensors (the UNet's and the DiT's in float16, loaded in the dtype asked for); each folder's
+Weights are safetensors (the backbones' in float16, loaded in the dtype asked for); each folder's
 `training.json` / `training.csv` says how it was trained.
 """
 

@@ -13,6 +13,14 @@ def log_row(path: Path, row: list) -> None:
         csv.writer(f).writerow(row)
 
 
+def drop_rows(path: Path, stage: str, from_step: int = 0) -> None:
+    """Drop `stage`'s rows from `from_step` on: an earlier run's (a stage trained anew), or those past the
+    checkpoint a run resumes from (not kept, so a resumed run's steps follow on without repeats)."""
+    rows = path.read_text().splitlines() if path.exists() else []
+    kept = [r for r in rows if f",{stage}," not in r or int(r.split(",")[0]) < from_step]
+    path.write_text("\n".join(kept or ["step,stage,loss,seconds"]) + "\n")
+
+
 def away_from_background(x: torch.Tensor) -> torch.Tensor:
     """[N, 3, ...] -> [N, 1, ...], 1 where a pixel is far from its sample's median colour (a shape)."""
     background = x.flatten(2).median(dim=-1).values.view(*x.shape[:2], *[1] * (x.dim() - 2))

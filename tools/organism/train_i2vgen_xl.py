@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the checkout, for a run without installing
 sys.path.insert(0, str(HERE))  # the trainers' shared parts
 
-from organism_training import log_row, vae_loss  # noqa: E402
+from organism_training import drop_rows, log_row, vae_loss  # noqa: E402
 
 from anyv2v_batch.world import make_clip  # noqa: E402
 
@@ -150,10 +150,10 @@ def train_unet(
 
         unet.load_state_dict(load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors")))
         done = json.loads((out / "unet" / "trained_steps.json").read_text())["steps"]
+        drop_rows(log, "unet", done)
     else:
         unet.save_pretrained(out / "unet")  # the folder loads (random UNet) while training runs
-        kept = [r for r in log.read_text().splitlines() if ",unet," not in r] if log.exists() else []
-        log.write_text("\n".join(kept or ["step,stage,loss,seconds"]) + "\n")  # an earlier UNet's rows go
+        drop_rows(log, "unet")  # an earlier UNet's rows go
     backbone = I2VGenXL.from_pretrained(str(out), device="cpu", dtype="float32")
     backbone.unet = unet
     noise_schedule = DDPMScheduler.from_pretrained(str(out), subfolder="scheduler")

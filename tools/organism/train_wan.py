@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the checkout, for a run without installing
 sys.path.insert(0, str(HERE))  # the trainers' shared parts
 
-from organism_training import log_row, vae_loss  # noqa: E402
+from organism_training import drop_rows, log_row, vae_loss  # noqa: E402
 
 from anyv2v_batch import world  # noqa: E402
 
@@ -131,8 +131,8 @@ def save_atomic(module, folder: Path, steps: int | None = None) -> None:
 
 
 def crops(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
-    """[B, 3, F, H, W] -> [B, 3, F, size, size], one random window a clip (multiples of 16: the VAE's
-    latent grid, so a crop's latents are the whole frame's)."""
+    """[B, 3, F, H, W] -> [B, 3, F, size, size], one random window a clip, its corner on the VAE's
+    16-pixel latent grid."""
     if size >= x.shape[-1]:
         return x
     corners = rng.integers(0, (x.shape[-1] - size) // 16 + 1, (len(x), 2)) * 16
@@ -241,8 +241,7 @@ def train_transformer(
     if resume:
         transformer = WanTransformer3DModel.from_pretrained(str(out / "transformer"))
         done = json.loads((out / "transformer" / "trained_steps.json").read_text())["steps"]
-        kept = [r for r in log.read_text().splitlines() if ",transformer," not in r or int(r.split(",")[0]) < done]
-        log.write_text("\n".join(kept) + "\n")  # rows past the checkpoint were not kept
+        drop_rows(log, "transformer", done)
     else:
         torch.manual_seed(1)
         transformer = WanTransformer3DModel(**TRANSFORMER)
@@ -319,7 +318,7 @@ def main() -> None:
     with (out / "commands.txt").open("a") as f:  # how the weights came to be, run by run (export keeps it)
         f.write(" ".join(["python", "tools/organism/" + Path(__file__).name, *sys.argv[1:]]) + "\n")
     if (args.resume_vae or args.skip_vae) and not args.resume:  # the transformer trains anew: its old rows go
-        log.write_text("\n".join(r for r in log.read_text().splitlines() if ",transformer," not in r) + "\n")
+        drop_rows(log, "transformer")
     if args.resume_vae:
         train_vae(out, args.vae_steps, args.vae_batch, log, args.shapes, args.crop, resume=True)
     elif not (args.skip_vae or args.resume):
