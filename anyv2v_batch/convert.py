@@ -22,18 +22,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
-from .errors import AnyV2VError
+from .backbones.seine_checkpoint import seine_checkpoint_path, unet_from_checkpoint
+from .errors import AnyV2VError, first_line
 from .loading import hub_offline, load_component, load_json
 
 # what the copied tokenizer / scheduler folders may hold (text files; never a pickle)
 _TEXT_SUFFIXES = {".json", ".txt", ".model"}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -51,76 +45,11 @@ def _source_files(model: str, subfolder: str) -> list[Path]:
         try:
             folder = Path(snapshot_download(model, allow_patterns=[f"{subfolder}/*"])) / subfolder
         except Exception as e:  # noqa: BLE001 - the component loaded a moment ago: say what failed, in one line
-            raise AnyV2VError(f"cannot fetch {subfolder}/ of {model!r} from the hub: {_first_line(e)}") from None
+            raise AnyV2VError(f"cannot fetch {subfolder}/ of {model!r} from the hub: {first_line(e)}") from None
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _TEXT_SUFFIXES) if folder.is_dir() else []
     if not files:
         raise AnyV2VError(f"{model!r} has no {subfolder}/ files to copy; pass a Stable Diffusion 1.4 folder or hub id")
     return files
-
-
-def _misfit(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
-    """What keeps `given` from loading strictly into a model whose state dict is `expected`; "" if nothing."""
-
-    def some(names: list[str]) -> str:
-        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    resized = [
-        f"{k} {list(given[k].shape)} != {list(v.shape)}"
-        for k, v in expected.items()
-        if k in given and given[k].shape != v.shape
-    ]
-    parts = [
-        f"{len(names)} {what}: {some(names)}"
-        for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", resized))
-        if names
-    ]
-    return "; ".join(parts)
-
-
-def unet_from_checkpoint(checkpoint: Path, config_2d: dict, sd_model: str):
-    """SEINEUNet from SD-1.4's 2D config, filled strictly from the checkpoint's "ema" state dict."""
-    from .backbones.seine_unet import SEINEUNet, load_seine_checkpoint
-
-    try:
-        state = load_seine_checkpoint(checkpoint)
-    except OSError as e:
-        raise AnyV2VError(f"cannot read the SEINE checkpoint {str(checkpoint)!r}: {_first_line(e)}") from None
-    except ValueError as e:
-        raise AnyV2VError(
-            f"{_first_line(e)}; pass the official seine.pt (`hf download xinyuanc91/SEINE seine.pt`)"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - the weights-only unpickler fails in many ways on a foreign file
-        raise AnyV2VError(
-            f"{checkpoint} is not a SEINE checkpoint that loads safely (weights only): {type(e).__name__} "
-            f"{_first_line(e)}; pass the official seine.pt (`hf download xinyuanc91/SEINE seine.pt`)"
-        ) from None
-    try:
-        # built on the meta device, then given (uninitialised) memory: no random init of ~900 M parameters
-        with torch.device("meta"):
-            unet = SEINEUNet.from_config_2d(config_2d)
-    except (ValueError, TypeError, NotImplementedError) as e:
-        raise AnyV2VError(
-            f"{sd_model}/unet/config.json is not a Stable Diffusion 1.x UNet config SEINE inflates: {_first_line(e)}"
-        ) from None
-    problem = _misfit(unet.state_dict(), state)
-    if problem:
-        raise AnyV2VError(
-            f"{checkpoint} does not fit the SEINE UNet built from {sd_model}/unet/config.json ({problem}); "
-            "pass SEINE's checkpoint with the Stable Diffusion 1.4 model it was trained on"
-        )
-    floating = {v.dtype for v in state.values() if v.is_floating_point()}
-    dtype = floating.pop() if len(floating) == 1 else torch.float32  # keep the checkpoint's precision
-    unet = unet.to_empty(device="cpu")
-    if dtype != torch.float32:
-        unet = unet.to(dtype)
-    try:
-        # strict: every parameter is overwritten (a missing one raises), so no uninitialised memory survives
-        unet.load_state_dict(state, strict=True)
-    except RuntimeError as e:  # not expected after _misfit; kept so no unfitting checkpoint passes silently
-        raise AnyV2VError(f"{checkpoint} does not fit the SEINE UNet: {_first_line(e)}") from None
-    return unet.eval()
 
 
 def _created_parents(path: Path) -> list[Path]:
@@ -152,8 +81,6 @@ def convert_seine(
     """
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from .backbones.seine import seine_checkpoint_path
 
     sd_model = str(sd_model)
     output = Path(output).expanduser().absolute()

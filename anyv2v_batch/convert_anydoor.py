@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .errors import AnyV2VError
+from .errors import AnyV2VError, first_line
 
 UNET_PREFIX = "model.diffusion_model."
 CONTROL_PREFIX = "control_model."
@@ -65,11 +65,6 @@ ANYDOOR_CONFIG: dict[str, Any] = {
 DINO_HEADS = {384: 6, 768: 12, 1024: 16, 1536: 24}  # DINOv2 ViT-S/B/L/g: 64 channels per head
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of a .ckpt (weights only, memory-mapped where possible) or .safetensors file."""
     try:
@@ -84,7 +79,7 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
                 state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the weights-only unpickler fails in many ways on a foreign file
         raise AnyV2VError(
-            f"{path} is not a checkpoint that loads safely (weights only): {type(e).__name__} {_first_line(e)}; "
+            f"{path} is not a checkpoint that loads safely (weights only): {type(e).__name__} {first_line(e)}; "
             "pass AnyDoor's epoch=1-step=8687.ckpt, a copy holding only its state_dict (e.g. bdsqlsz/AnyDoor-Pruned), "
             "or the state_dict as .safetensors"
         ) from None
@@ -319,7 +314,7 @@ def read_config(path: str | os.PathLike | None) -> dict[str, Any] | None:
         config = yaml.safe_load(Path(path).read_text())
         config["model"]["params"]["unet_config"]["params"]  # noqa: B018 - the part every conversion needs
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
-        raise AnyV2VError(f"config {str(path)!r} is not an ldm model config ({_first_line(e)})") from None
+        raise AnyV2VError(f"config {str(path)!r} is not an ldm model config ({first_line(e)})") from None
     return config
 
 

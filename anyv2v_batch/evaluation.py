@@ -7,14 +7,12 @@
 
 A threshold is a minimum (`clip_text: 0.25`) or a range (`source_similarity: {max: 0.98}`). A failed
 check is named by its settings path below `thresholds`: `clip_text.min`, `source_similarity.max`. The
-scores themselves come from `scores.Scorer`; this module is plain data and rules, loaded by the job
-parser without any model library.
+scores themselves, and the fingerprint of how they are made, come from `scores`; this module is plain
+data and rules, loaded by the job parser without any model library.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,21 +161,3 @@ def _looks_like_hub_id(text: str) -> bool:
     import re
 
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)?", text) is not None
-
-
-def scoring_identity(settings: EvaluateSettings) -> tuple[str, str]:
-    """(fingerprint, record JSON) of what makes a pair's scores and verdict what they are: the settings,
-    the weights' identities and the scorer's preprocessing. ("", "") when scoring is off, so outputs of
-    runs without scoring match older outputs, which have no fingerprint."""
-    if not settings.enabled:
-        return "", ""
-    from anyv2v_batch.loading import weights_identity
-    from anyv2v_batch.scores import method_identity
-
-    record = settings.record() | {
-        "weights": weights_identity(settings.model),
-        "aesthetic_weights": weights_identity(settings.aesthetic) if settings.aesthetic else "",
-        "method": method_identity(),
-    }
-    text = json.dumps(record, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16], text

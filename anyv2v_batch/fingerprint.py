@@ -78,8 +78,8 @@ def job_fingerprints(job: JobSpec) -> JobSpec:
     """The job with each variant's fingerprint and fields (`job.fingerprints`) and each model's weights
     identity (`job.weights`), computed once in the driver."""
     from anyv2v_batch.backbones import backbone_class
-    from anyv2v_batch.evaluation import scoring_identity
     from anyv2v_batch.loading import weights_identity
+    from anyv2v_batch.scores import scoring_identity
 
     weights: dict[str, str] = {}
     prints: dict[str, tuple[str, str]] = {}

@@ -124,7 +124,7 @@ class JobSpec:
     # its fields as JSON), and "backbone:model" -> weights identity
     fingerprints: dict[str, tuple[str, str]] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
-    scoring: tuple[str, str] = ("", "")  # (evaluate fingerprint, what scores: JSON), evaluation.scoring_identity
+    scoring: tuple[str, str] = ("", "")  # (evaluate fingerprint, what scores: JSON), scores.scoring_identity
     # filled in by the driver (pipelines/anyv2v_job.check_models): (backbone, model, window settings) -> the
     # model's windows, so the decode tasks plan windows without importing any backbone
     window_limits: dict[tuple[str, str | None, WindowSettings], WindowLimits] = field(default_factory=dict)

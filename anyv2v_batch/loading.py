@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import AnyV2VError
+from .errors import AnyV2VError, first_line
 
 
 def hub_offline() -> bool:
@@ -51,8 +51,7 @@ def load_component(cls: type, model: str, subfolder: str | None, **kwargs: Any) 
     try:
         return cls.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _missing(model, f"the {subfolder}" if subfolder else "the weights", first[:200]) from e
+        raise _missing(model, f"the {subfolder}" if subfolder else "the weights", first_line(e, 200)) from e
 
 
 def load_json(model: str, subfolder: str, filename: str) -> dict:
@@ -67,8 +66,7 @@ def load_json(model: str, subfolder: str, filename: str) -> dict:
             path = Path(hf_hub_download(model, filename, subfolder=subfolder))
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _missing(model, f"{subfolder}/{filename}", first[:200]) from e
+        raise _missing(model, f"{subfolder}/{filename}", first_line(e, 200)) from e
 
 
 @dataclass(frozen=True)

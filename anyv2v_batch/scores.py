@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from .errors import AnyV2VError
-from .evaluation import DEFAULT_SCORER_MODEL, METRICS
+from .evaluation import DEFAULT_SCORER_MODEL, METRICS, EvaluateSettings
 from .imaging import to_pil
 from .loading import hub_offline, resolve_device, resolve_dtype, weights_identity
 
@@ -67,6 +67,21 @@ def method_identity() -> str:
     """How scores are computed apart from the models' weights (part of a row's evaluate fingerprint):
     changes when the preprocessing, the batching or the flow changes."""
     return f"whole frame resized, PIL bicubic, no crop; {EMBED_BATCH} images per CLIP call; {flow_identity()}"
+
+
+def scoring_identity(settings: EvaluateSettings) -> tuple[str, str]:
+    """(fingerprint, record JSON) of what makes a pair's scores and verdict what they are: the settings,
+    the weights' identities and the scorer's preprocessing. ("", "") when scoring is off, so outputs of
+    runs without scoring match older outputs, which have no fingerprint."""
+    if not settings.enabled:
+        return "", ""
+    record = settings.record() | {
+        "weights": weights_identity(settings.model),
+        "aesthetic_weights": weights_identity(settings.aesthetic) if settings.aesthetic else "",
+        "method": method_identity(),
+    }
+    text = json.dumps(record, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], text
 
 
 def flow_identity() -> str:

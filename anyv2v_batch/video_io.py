@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import AnyV2VError
+from .errors import AnyV2VError, first_line
 from .imaging import ResizeMode, fit_frame
 from .video_decode import Decoder, VideoFile, clip_seconds, decoders_to_try, frame_indices, open_video
 from .video_decode import sample_indices as sample_indices  # re-exported: callers and tests use it from here
@@ -95,7 +95,7 @@ def read_video(
         try:
             video = open_video(opened_source(), which)
         except Exception as e:  # decord raises bare DECORDError / RuntimeError / AssertionError, PyAV av.FFmpegError
-            failures.append(f"{which}: {_first_line(e)}")
+            failures.append(f"{which}: {first_line(e, 160)}")
             continue
         opened = True
         # the file itself, not the decoder: no fallback
@@ -111,7 +111,7 @@ def read_video(
                 fitted.extend(fit_frame(f, width, height, resize) for f in raw)
                 del raw
         except Exception as e:
-            failures.append(f"{which}: {_first_line(e)}")
+            failures.append(f"{which}: {first_line(e, 160)}")
             continue
         return Clip(np.stack(fitted), fps, video.fps, (src_w, src_h), video.num_frames, video.decoder)
     problem = "frames are corrupt" if opened else "not a readable video"
@@ -136,7 +136,7 @@ def video_length(source: bytes, fps: float, limit: int, name: str = "video") -> 
         try:
             video = open_video(io.BytesIO(source), which)
         except Exception as e:  # noqa: BLE001 - decord raises bare errors; PyAV av.FFmpegError
-            failures.append(f"{which}: {_first_line(e)}")
+            failures.append(f"{which}: {first_line(e, 160)}")
             continue
         if not video.fps > 0:
             raise AnyV2VError(f"{name!r} has no frame rate; re-encode it (e.g. ffmpeg -r 24) and try again")
@@ -210,7 +210,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         except AnyV2VError:
             raise
         except Exception as e:  # decord raises bare DECORDError / RuntimeError / AssertionError
-            failures.append(f"{which}: {_first_line(e).replace(str(path), path.name).split('...')[0]}")
+            failures.append(f"{which}: {first_line(e, 160).replace(str(path), path.name).split('...')[0]}")
             continue
         return VideoInfo(count, fps, int(width), int(height))
     raise AnyV2VError(f"not a readable video ({'; '.join(failures)})")
@@ -305,7 +305,7 @@ def read_image(
                 mode = "RGBA" if "A" in img.getbands() or "transparency" in img.info else "RGB"
             return np.asarray(img.convert(mode))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise AnyV2VError(f"cannot read image {label!r}: not a readable image ({_first_line(e)})") from None
+        raise AnyV2VError(f"cannot read image {label!r}: not a readable image ({first_line(e, 160)})") from None
 
 
 # ---- writing
@@ -434,8 +434,3 @@ def _fps_fraction(fps: float):
     from fractions import Fraction
 
     return Fraction(fps).limit_denominator(1001)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:160]

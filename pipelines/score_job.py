@@ -96,9 +96,10 @@ def run_score(
     """Score every ok pair of `job.output` whose scores are not the job's evaluate settings', in place; or,
     with `job.input` (clips edited by another tool), score those against `sources` into `job.output`,
     under the variant `name`."""
-    from anyv2v_batch.evaluation import check_scorer, scoring_identity
+    from anyv2v_batch.evaluation import check_scorer
     from anyv2v_batch.operators.lock import OutputLock
     from anyv2v_batch.operators.storage import check_writable
+    from anyv2v_batch.scores import scoring_identity
 
     started = time.perf_counter()
     if not job.evaluate.enabled:
@@ -135,7 +136,6 @@ def run_score_edited(
     """`score OUT --input EDITED --sources SOURCES`: clips edited by another tool (a plain WebDataset of
     `<key>.mp4`, an optional `<key>.edited.png` and a prompt in `.json` / `.txt`) scored against their
     sources, into a new output of the usual layout (their clips in shards/ or filtered/shards/, a row each)."""
-    from anyv2v_batch.evaluation import scoring_identity
     from anyv2v_batch.operators.lock import OutputLock
     from anyv2v_batch.operators.read_shards import sample_keys
     from anyv2v_batch.operators.storage import check_writable
@@ -143,6 +143,7 @@ def run_score_edited(
     from anyv2v_batch.operators.write import finished_rows
     from anyv2v_batch.pipelines.anyv2v_job import input_shards
     from anyv2v_batch.pipelines.progress import JobProgress
+    from anyv2v_batch.scores import scoring_identity
 
     if not sources:
         raise AnyV2VError("scoring clips made by another tool needs their source clips: give --sources SHARDS")

@@ -20,39 +20,18 @@ folder: SD-1.4 from the hub and `seine.pt` from xinyuanc91/SEINE.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..errors import AnyV2VError
-from ..loading import hub_offline, load_component, load_json, load_target
+from ..loading import load_component, load_json, load_target
 from ..schedule import Schedule, SEINESchedule
 from .base import Backbone, Branch, Conditioning
 from .common import FrameByFrameVAE, encode_prompts, frames_to_pixels, load_sd_parts, unique_rows, vae_encode
+from .seine_checkpoint import seine_checkpoint_path, unet_from_checkpoint
 from .seine_unet import INJECTION_POSITIONS, SEINEUNet
-
-CHECKPOINT_REPO, CHECKPOINT_FILE = "xinyuanc91/SEINE", "seine.pt"
-
-
-def seine_checkpoint_path(model: str) -> Path:
-    """`seine.pt` in the model folder, or from the hub (cache first; HF_HUB_OFFLINE respected)."""
-    local = Path(model).expanduser() / CHECKPOINT_FILE
-    if local.is_file():
-        return local
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(CHECKPOINT_REPO, CHECKPOINT_FILE))
-    except Exception as e:  # noqa: BLE001 - any failure means "not available": one line below
-        how = "it is not in the hub cache and HF_HUB_OFFLINE is set" if hub_offline() else type(e).__name__
-        raise AnyV2VError(
-            f"cannot find SEINE's {CHECKPOINT_FILE} ({how}): put it in {model!r}, or download it "
-            f"(`hf download {CHECKPOINT_REPO} {CHECKPOINT_FILE}`), or pass --model with a folder made by "
-            "`anyv2v-batch convert-seine`"
-        ) from None
 
 
 def load_seine_unet(model: str, dtype: torch.dtype) -> SEINEUNet:
@@ -60,8 +39,6 @@ def load_seine_unet(model: str, dtype: torch.dtype) -> SEINEUNet:
     config = load_json(model, "unet", "config.json")
     if config.get("_class_name") == SEINEUNet.__name__:
         return load_component(SEINEUNet, model, "unet", torch_dtype=dtype)
-    from ..convert import unet_from_checkpoint
-
     return unet_from_checkpoint(seine_checkpoint_path(model), config, model).to(dtype)
 
 
