@@ -503,7 +503,7 @@ def report(
 @app.command()
 def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="A new or empty folder for everything it writes.")],
-    clips: Annotated[int, typer.Option(help="World clips to edit.")] = 4,
+    clips: Annotated[int, typer.Option(help="World clips to edit (3 and more add a camera pan).")] = 2,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the last line and errors.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and Ray's own notices.")] = False,
 ) -> None:

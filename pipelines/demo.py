@@ -98,7 +98,7 @@ def check_demo_folder(folder: Path) -> None:
     check_writable_path(folder / "job.yaml", "demo folder")
 
 
-def run_demo(folder: Path, clips: int = 4, log: Callable[[str], None] = lambda m: None, display=None) -> DemoSummary:
+def run_demo(folder: Path, clips: int = 2, log: Callable[[str], None] = lambda m: None, display=None) -> DemoSummary:
     """Write world clips, pack them, run the job on the model organism with the scorer, write the report."""
     import yaml
 
