@@ -27,7 +27,7 @@ def modules() -> dict[str, Path]:
 
 
 def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The package's modules that `name` imports anywhere in its file (a package's own __init__ excluded)."""
+    """The package's modules that `name` imports anywhere in its file, itself excluded."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):

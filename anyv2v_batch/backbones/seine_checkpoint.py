@@ -35,7 +35,7 @@ def seine_checkpoint_path(model: str) -> Path:
         ) from None
 
 
-def misfit(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+def _misfit(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
     """What keeps `given` from loading strictly into a model whose state dict is `expected`; "" if nothing."""
 
     def some(names: list[str]) -> str:
@@ -64,12 +64,12 @@ def unet_from_checkpoint(checkpoint: Path, config_2d: dict, sd_model: str):
         raise AnyV2VError(f"cannot read the SEINE checkpoint {str(checkpoint)!r}: {first_line(e)}") from None
     except ValueError as e:
         raise AnyV2VError(
-            f"{first_line(e)}; pass the official seine.pt (`hf download xinyuanc91/SEINE seine.pt`)"
+            f"{first_line(e)}; pass the official {CHECKPOINT_FILE} (`hf download {CHECKPOINT_REPO} {CHECKPOINT_FILE}`)"
         ) from None
     except Exception as e:  # noqa: BLE001 - the weights-only unpickler fails in many ways on a foreign file
         raise AnyV2VError(
             f"{checkpoint} is not a SEINE checkpoint that loads safely (weights only): {type(e).__name__} "
-            f"{first_line(e)}; pass the official seine.pt (`hf download xinyuanc91/SEINE seine.pt`)"
+            f"{first_line(e)}; pass the official {CHECKPOINT_FILE} (`hf download {CHECKPOINT_REPO} {CHECKPOINT_FILE}`)"
         ) from None
     try:
         # built on the meta device, then given (uninitialised) memory: no random init of ~900 M parameters
@@ -79,7 +79,7 @@ def unet_from_checkpoint(checkpoint: Path, config_2d: dict, sd_model: str):
         raise AnyV2VError(
             f"{sd_model}/unet/config.json is not a Stable Diffusion 1.x UNet config SEINE inflates: {first_line(e)}"
         ) from None
-    problem = misfit(unet.state_dict(), state)
+    problem = _misfit(unet.state_dict(), state)
     if problem:
         raise AnyV2VError(
             f"{checkpoint} does not fit the SEINE UNet built from {sd_model}/unet/config.json ({problem}); "
